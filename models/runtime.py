@@ -1,0 +1,31 @@
+"""ONNX Runtime sessions, created one way for every model.
+
+Issue 3 adds Paddle Inference behind the same small surface; callers only use ``run``-style
+access through the session returned here.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnxruntime as ort
+
+from models.errors import ModelError
+
+
+def create_onnx_session(model_path: Path, *, num_threads: int = 2, use_gpu: bool = False) -> ort.InferenceSession:
+    """Open an ONNX model; a missing or invalid file is a ModelError naming it."""
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise ModelError(f"model file not found: {model_path}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = num_threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    providers = ["CPUExecutionProvider"]
+    if use_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    try:
+        return ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own untyped errors for corrupt files
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot load model {model_path}: {first_line}") from exc

@@ -1,0 +1,93 @@
+"""The per-frame result message: one JSON object per frame, identical in every sink.
+
+Its shape is fixed by ``stream/schema/frame_result.v1.json`` (tests validate every sink's output
+against it). Bump ``SCHEMA_VERSION`` and add a new schema file for any incompatible change.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectResult:
+    """One box of a frame.
+
+    ``bbox`` is [x1, y1, x2, y2] in original-frame pixels. ``det_class`` is the detector's own class
+    (a COCO name for PicoDet) kept even in mainbody mode; it is None for the whole-frame box that
+    PP-ShiTu always adds. ``label``/``score`` are the gallery's top-1 match, or None when no match
+    reached ``IndexProcess.score_thres``.
+    """
+
+    bbox: tuple[float, float, float, float]
+    det_score: float
+    det_class: str | None
+    label: str | None
+    score: float | None
+
+    def __post_init__(self) -> None:
+        if len(self.bbox) != 4:
+            raise ValueError(f"ObjectResult.bbox must have 4 numbers [x1,y1,x2,y2], got {self.bbox!r}")
+        if (self.label is None) != (self.score is None):
+            raise ValueError(f"ObjectResult.label and score must both be set or both be None, got {self.label!r}, {self.score!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class FrameResult:
+    """What vidrec recognised in one frame of one stream.
+
+    ``capture_time`` is wall-clock Unix seconds when the frame was decoded; ``pts`` media seconds.
+    ``latency_ms`` holds stage times in milliseconds (decode, detect, recognize, search, ...) and
+    ``total`` (capture → result ready).
+    """
+
+    stream_id: str
+    frame_index: int
+    pts: float | None
+    capture_time: float
+    width: int
+    height: int
+    latency_ms: dict[str, float]
+    objects: tuple[ObjectResult, ...]
+    gallery_version: int | None = None
+    schema_version: int = field(default=SCHEMA_VERSION)
+
+    def __post_init__(self) -> None:
+        if "total" not in self.latency_ms:
+            raise ValueError(f"FrameResult.latency_ms needs a 'total', got keys {sorted(self.latency_ms)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["objects"] = [
+            {**obj, "bbox": [round(float(v), 2) for v in obj["bbox"]]} for obj in data["objects"]
+        ]
+        data["latency_ms"] = {k: round(float(v), 3) for k, v in self.latency_ms.items()}
+        return data
+
+    def to_json(self) -> str:
+        """Compact JSON, one line (JSONL- and Kafka-ready)."""
+        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FrameResult":
+        objects = tuple(
+            ObjectResult(
+                bbox=tuple(obj["bbox"]),
+                det_score=obj["det_score"],
+                det_class=obj["det_class"],
+                label=obj["label"],
+                score=obj["score"],
+            )
+            for obj in data["objects"]
+        )
+        return cls(**{**data, "objects": objects})
+
+
+def load_schema() -> dict[str, Any]:
+    """The JSON Schema that every message satisfies (for consumers and tests)."""
+    text = resources.files("stream").joinpath(f"schema/frame_result.v{SCHEMA_VERSION}.json").read_text()
+    return json.loads(text)
