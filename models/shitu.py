@@ -37,8 +37,8 @@ class RecognizedBox:
 @dataclass(frozen=True, slots=True)
 class ShituParams:
     rec_nms_thresold: float = 0.05
+    # PP-ShiTu searches return_k hits and keeps only the first; vidrec asks the gallery for the top-1.
     score_thres: float = 0.5
-    return_k: int = 5
 
 
 @dataclass

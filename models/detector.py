@@ -1,0 +1,240 @@
+"""PP-PicoDet-S (COCO) on ONNX Runtime: preprocess, run, decode GFL outputs, NMS — all in numpy.
+
+The exported graph stops before box decoding and NMS: it yields, for each of 4 feature levels
+(strides 8, 16, 32, 64), a sigmoid class-score map [B, N_l, C] and a box-distribution map
+[B, N_l, 4 × (reg_max + 1)] of raw logits (Generalized Focal Loss). This module finishes the job.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from models.errors import ModelError
+from models.nms import batched_nms, nms_xyxy
+from models.preprocess_det import preprocess_batch
+from models.runtime import create_onnx_session
+from models.types import Detections
+
+# PicoDet-S distributes each box side over reg_max + 1 = 8 bins.
+REG_MAX = 7
+# Anchor centres sit at (i + CELL_OFFSET) * stride. Measured on the real photos (tests/test_detector.py):
+# with 0.5, boxes of a horizontally flipped image are the mirror of the original's; with 0 they drift.
+CELL_OFFSET = 0.5
+# Strides a PicoDet level can have; the level's stride is the one whose grid matches its anchor count.
+_CANDIDATE_STRIDES = (4, 8, 16, 32, 64, 128)
+# Bound the greedy NMS work when a low threshold lets thousands of anchors through
+# (PaddleDetection's MultiClassNMS uses nms_top_k = 1000 as well).
+PRE_NMS_TOP_K = 1000
+
+
+def load_class_names(path: Path) -> list[str]:
+    """One class name per line (blank lines ignored); a missing or empty file is a ModelError naming it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ModelError(f"class names file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelError(f"cannot read class names file {path}: {exc}") from exc
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise ModelError(f"class names file is empty: {path}")
+    return names
+
+
+def anchor_centres(*, grid_h: int, grid_w: int, stride: int, offset: float = CELL_OFFSET) -> np.ndarray:
+    """Centres (grid_h * grid_w, 2) as (x, y) input pixels, row-major like the model's flattened maps."""
+    ys, xs = np.meshgrid(np.arange(grid_h, dtype=np.float32), np.arange(grid_w, dtype=np.float32), indexing="ij")
+    return (np.stack([xs.ravel(), ys.ravel()], axis=1) + offset) * stride
+
+
+def decode_distances(dist_logits: np.ndarray, *, stride: np.ndarray | float) -> np.ndarray:
+    """GFL box logits (k, 4 * bins) → distances (k, 4) to left, top, right, bottom in input pixels.
+
+    Softmax over each side's bins, expectation over bin indices, times the anchor's stride.
+    """
+    k = dist_logits.shape[0]
+    logits = dist_logits.reshape(k, 4, -1).astype(np.float32, copy=False)
+    logits = logits - logits.max(axis=2, keepdims=True)  # stable softmax
+    prob = np.exp(logits)
+    prob /= prob.sum(axis=2, keepdims=True)
+    expectation = prob @ np.arange(prob.shape[2], dtype=np.float32)
+    return expectation * np.reshape(stride, (-1, 1)).astype(np.float32)
+
+
+def distances_to_xyxy(centres: np.ndarray, distances: np.ndarray) -> np.ndarray:
+    """Anchor centres (k, 2) and ltrb distances (k, 4) → boxes (k, 4) xyxy."""
+    return np.concatenate([centres - distances[:, :2], centres + distances[:, 2:]], axis=1)
+
+
+def select_detections(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    class_ids: np.ndarray,
+    *,
+    nms_iou: float,
+    max_detections: int,
+    class_agnostic: bool,
+) -> np.ndarray:
+    """Indices of the boxes to keep after NMS (class-agnostic or per class), best first, at most ``max_detections``."""
+    if class_agnostic:
+        keep = nms_xyxy(boxes, scores, nms_iou)
+    else:
+        keep = batched_nms(boxes, scores, class_ids, nms_iou)
+    return keep[:max_detections]
+
+
+def _level_stride(num_anchors: int, size: int) -> tuple[int, int]:
+    """(grid side, stride) of a level with ``num_anchors`` anchors on a square ``size`` input."""
+    side = math.isqrt(num_anchors)
+    if side * side == num_anchors:
+        for stride in _CANDIDATE_STRIDES:
+            if math.ceil(size / stride) == side:
+                return side, stride
+    raise ModelError(f"no stride gives {num_anchors} anchors on a {size}x{size} input")
+
+
+class PicoDetDetector:
+    """Detect objects in BGR images with a PicoDet ONNX export; boxes come back in original-image pixels."""
+
+    def __init__(
+        self,
+        *,
+        model_path: Path,
+        class_names: Sequence[str] | Path,
+        score_threshold: float,
+        max_detections: int,
+        nms_iou: float = 0.6,
+        mainbody: bool = True,
+        num_threads: int = 2,
+        use_gpu: bool = False,
+    ) -> None:
+        if not 0.0 <= score_threshold <= 1.0:
+            raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
+        if not 0.0 < nms_iou <= 1.0:
+            raise ValueError(f"nms_iou must be in (0, 1], got {nms_iou}")
+        if max_detections < 1:
+            raise ValueError(f"max_detections must be at least 1, got {max_detections}")
+        names_source: Path | None = None
+        if isinstance(class_names, (str, os.PathLike)):
+            # A file path is accepted so a count mismatch can name the file at fault.
+            names_source = Path(class_names)
+            class_names = load_class_names(names_source)
+
+        self.model_path = Path(model_path)
+        self.score_threshold = float(score_threshold)
+        self.max_detections = int(max_detections)
+        self.nms_iou = float(nms_iou)
+        self.mainbody = bool(mainbody)
+        self._session = create_onnx_session(self.model_path, num_threads=num_threads, use_gpu=use_gpu)
+
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1:
+            raise ModelError(f"{self.model_path}: expected one image input, got {[i.name for i in inputs]}")
+        self._input_name = inputs[0].name
+        shape = inputs[0].shape
+        if len(shape) != 4 or not isinstance(shape[2], int) or shape[2] != shape[3]:
+            raise ModelError(f"{self.model_path}: expected input [B, 3, S, S] with a fixed S, got {shape}")
+        self.input_size: int = int(shape[2])
+        # Batch fixed at 1 → one run per image; a dynamic batch dimension → the whole list in one run.
+        self._batched = shape[0] != 1
+
+        self._score_names, self._dist_names, num_classes = self._split_outputs()
+        if num_classes != len(class_names):
+            source = f"class names file {names_source}" if names_source else "class_names"
+            raise ModelError(
+                f"{source} has {len(class_names)} names but model {self.model_path} predicts {num_classes} classes"
+            )
+        self.class_names: list[str] = list(class_names)
+        self._centres, self._strides = self._anchor_grid()
+
+    def _split_outputs(self) -> tuple[list[str], list[str], int]:
+        """Score and distribution output names, paired per level in ascending stride, and the class count.
+
+        Told apart by their last dimension (4 × (REG_MAX + 1) for distributions), not by output order.
+        """
+        dist_dim = 4 * (REG_MAX + 1)
+        scores: dict[int, tuple[str, int]] = {}
+        dists: dict[int, str] = {}
+        for out in self._session.get_outputs():
+            shape = out.shape
+            if len(shape) != 3 or not isinstance(shape[1], int) or not isinstance(shape[2], int):
+                raise ModelError(f"{self.model_path}: output {out.name} has shape {shape}, expected [B, N, C]")
+            table = dists if shape[2] == dist_dim else scores
+            if shape[1] in table:
+                raise ModelError(f"{self.model_path}: two outputs with {shape[1]} anchors and last dim {shape[2]}")
+            table[shape[1]] = out.name if table is dists else (out.name, shape[2])
+        if not scores or sorted(scores) != sorted(dists):
+            raise ModelError(
+                f"{self.model_path}: score maps for anchor counts {sorted(scores)} do not pair with "
+                f"{dist_dim}-wide box maps for {sorted(dists)}"
+            )
+        class_counts = {c for _, c in scores.values()}
+        if len(class_counts) != 1:
+            raise ModelError(f"{self.model_path}: score maps disagree on the class count: {sorted(class_counts)}")
+        levels = sorted(scores, reverse=True)  # most anchors = finest stride first
+        return [scores[n][0] for n in levels], [dists[n] for n in levels], class_counts.pop()
+
+    def _anchor_grid(self) -> tuple[np.ndarray, np.ndarray]:
+        """Anchor centres (A, 2) and strides (A,) for all levels, concatenated in output order."""
+        centres, strides = [], []
+        for name in self._score_names:
+            num_anchors = next(o.shape[1] for o in self._session.get_outputs() if o.name == name)
+            side, stride = _level_stride(num_anchors, self.input_size)
+            centres.append(anchor_centres(grid_h=side, grid_w=side, stride=stride))
+            strides.append(np.full(num_anchors, stride, dtype=np.float32))
+        return np.concatenate(centres), np.concatenate(strides)
+
+    def detect(self, images_bgr: Sequence[np.ndarray]) -> list[Detections]:
+        """One ``Detections`` per BGR uint8 image, boxes in that image's pixels, best score first."""
+        if len(images_bgr) == 0:
+            return []
+        tensor, scales = preprocess_batch(images_bgr, size=self.input_size)
+        if self._batched:
+            raw = [self._session.run(None, {self._input_name: tensor})]
+        else:
+            raw = [self._session.run(None, {self._input_name: tensor[i : i + 1]}) for i in range(len(images_bgr))]
+        names = [o.name for o in self._session.get_outputs()]
+        score_idx = [names.index(n) for n in self._score_names]
+        dist_idx = [names.index(n) for n in self._dist_names]
+        results: list[Detections] = []
+        image_no = 0
+        for outputs in raw:
+            scores = np.concatenate([outputs[i] for i in score_idx], axis=1)
+            dists = np.concatenate([outputs[i] for i in dist_idx], axis=1)
+            for b in range(scores.shape[0]):
+                image = images_bgr[image_no]
+                results.append(self._postprocess(scores[b], dists[b], scales[image_no], image.shape[:2]))
+                image_no += 1
+        return results
+
+    def _postprocess(
+        self, scores: np.ndarray, dists: np.ndarray, scale_xy: np.ndarray, image_hw: tuple[int, int]
+    ) -> Detections:
+        """Scores (A, C) and distribution logits (A, 4 × bins) of one image → its Detections."""
+        class_ids = scores.argmax(axis=1)
+        best = scores[np.arange(scores.shape[0]), class_ids]
+        candidates = np.flatnonzero(best > self.score_threshold)
+        if candidates.size > PRE_NMS_TOP_K:
+            candidates = candidates[np.argpartition(-best[candidates], PRE_NMS_TOP_K)[:PRE_NMS_TOP_K]]
+        if candidates.size == 0:
+            return Detections.empty()
+        # Decode only the anchors that passed the threshold: a few dozen out of ~2100 (320) or ~3600 (416).
+        distances = decode_distances(dists[candidates], stride=self._strides[candidates])
+        boxes = distances_to_xyxy(self._centres[candidates], distances)
+        boxes /= np.tile(scale_xy, 2)  # input pixels → original pixels (top-left letterbox: no offset)
+        height, width = image_hw
+        np.clip(boxes, 0, [width, height, width, height], out=boxes)
+        keep = select_detections(
+            boxes,
+            best[candidates],
+            class_ids[candidates],
+            nms_iou=self.nms_iou,
+            max_detections=self.max_detections,
+            class_agnostic=self.mainbody,
+        )
+        return Detections(xyxy=boxes[keep], confidence=best[candidates][keep], class_id=class_ids[candidates][keep])

@@ -1,0 +1,148 @@
+"""The `vidrec` command line.
+
+Every user error (config, model, gallery, input, sink) ends as one line on stderr and exit code 1;
+command-line misuse exits 2 (argparse). Tracebacks are for bugs only (or with VIDREC_DEBUG=1).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from config import ConfigError, load_config
+from models.errors import GalleryError, ModelError
+from stream.errors import SinkError, SourceError
+
+USER_ERRORS = (ConfigError, ModelError, GalleryError, SourceError, SinkError)
+log = logging.getLogger("vidrec")
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", type=Path, help="YAML config (PP-ShiTu inference_general.yaml keys accepted)")
+    parser.add_argument(
+        "-o", "--override", dest="overrides", action="append", default=[], metavar="Section.key=value",
+        help="override one config key, e.g. -o Global.threshold=0.4 (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vidrec", description="Video recognition in the manner of PP-ShiTu.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    video = commands.add_parser("video", help="recognise objects in a video file, an image or a folder of images")
+    video.add_argument("input", nargs="?", help="video file, image, or folder of images (default: Global.infer_imgs)")
+    _add_config_args(video)
+    video.add_argument("--json", type=Path, help="write one JSON result per frame to this JSONL file")
+    video.add_argument("--out", type=Path, help="write an annotated mp4 here")
+    video.add_argument("--kafka", metavar="HOST:PORT", help="publish results to this Kafka bootstrap server")
+    video.add_argument("--topic", help="Kafka topic (default: Kafka.topic)")
+    video.add_argument("--redis", metavar="URL", help="cache results in Redis, e.g. redis://127.0.0.1:6379/0")
+    video.add_argument("--every-nth", type=int, metavar="N", help="process every Nth frame (Video.every_nth)")
+    video.add_argument("--stream-id", help="stream id in results (default: input file name)")
+    video.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar (default: on a terminal)")
+
+    gallery = commands.add_parser("gallery", help="manage the gallery index")
+    gallery_cmds = gallery.add_subparsers(dest="gallery_command", required=True)
+    build = gallery_cmds.add_parser("build", help="build IndexProcess.index_dir from IndexProcess.data_file")
+    _add_config_args(build)
+
+    models = commands.add_parser("models", help="model files")
+    model_cmds = models.add_subparsers(dest="models_command", required=True)
+    model_cmds.add_parser("list", help="list known models and where each resolves")
+    fetch = model_cmds.add_parser("fetch", help="fetch or build a known model into the cache")
+    fetch.add_argument("names", nargs="+")
+
+    config = commands.add_parser("config", help="show the effective configuration")
+    _add_config_args(config)
+    return parser
+
+
+def _cmd_video(args: argparse.Namespace) -> int:
+    from workers.system import build_system
+    from workers.video_job import VideoOutputs, run_video_job
+
+    overrides = list(args.overrides)
+    if args.every_nth is not None:
+        overrides.append(f"Video.every_nth={args.every_nth}")
+    if args.stream_id is not None:
+        overrides.append(f"Video.stream_id={args.stream_id}")
+    cfg = load_config(args.config, overrides)
+    input_path = args.input or cfg.Global.infer_imgs
+    if not input_path:
+        raise ConfigError("no input: give INPUT or set Global.infer_imgs")
+    if args.topic and not (args.kafka or cfg.Kafka.bootstrap):
+        raise ConfigError("--topic given without --kafka (or Kafka.bootstrap)")
+    system = build_system(cfg)
+    outputs = VideoOutputs(
+        json_path=args.json, video_path=args.out, kafka_bootstrap=args.kafka, kafka_topic=args.topic, redis_url=args.redis
+    )
+    summary = run_video_job(
+        cfg, system, input_path, outputs, class_names=system.detector.class_names, progress=args.progress
+    )
+    log.info(
+        "%d frames in %.1f s (%.1f fps), %d objects, %d named%s",
+        summary.frames, summary.seconds, summary.fps, summary.objects, summary.recognised,
+        "; wrote " + ", ".join(summary.outputs) if summary.outputs else "",
+    )
+    return 0
+
+
+def _cmd_gallery(args: argparse.Namespace) -> int:
+    from workers.gallery_job import build_gallery
+    from workers.system import build_recognizer
+
+    cfg = load_config(args.config, args.overrides)
+    summary = build_gallery(cfg, build_recognizer(cfg))
+    log.info("gallery %s: %d images, %d labels, version %d", summary.index_dir, summary.entries, summary.labels, summary.version)
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from models.resolve import REGISTRY, resolve_model_dir
+
+    if args.models_command == "list":
+        for spec in REGISTRY.values():
+            print(f"{spec.name}\t{spec.description}")
+        return 0
+    for name in args.names:
+        if name not in REGISTRY:
+            raise ModelError(f"unknown model '{name}'; known: {', '.join(sorted(REGISTRY))}")
+        spec = REGISTRY[name]
+        needed = tuple(f.name for f in spec.files)
+        print(f"{name}\t{resolve_model_dir(name, needed=needed)}")
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    cfg = load_config(args.config, args.overrides)
+    sys.stdout.write(yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True))
+    return 0
+
+
+COMMANDS = {"video": _cmd_video, "gallery": _cmd_gallery, "models": _cmd_models, "config": _cmd_config}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="vidrec: %(message)s", stream=sys.stderr
+    )
+    try:
+        return COMMANDS[args.command](args)
+    except USER_ERRORS as exc:
+        if os.environ.get("VIDREC_DEBUG"):
+            raise
+        print(f"vidrec: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("vidrec: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Build the recognition system (detector, recognizer, gallery) from the typed config.
+
+The one place where config keys become model objects, shared by every command.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from config import VidrecConfig
+from models.errors import GalleryError
+from models.detector import PicoDetDetector, load_class_names
+from models.gallery import GalleryIndex
+from models.recognizer import Recognizer
+from models.resolve import resolve_model_dir
+from models.shitu import ShituParams, ShituSystem
+
+log = logging.getLogger(__name__)
+
+
+def build_detector(cfg: VidrecConfig) -> PicoDetDetector:
+    det = cfg.Detector
+    folder = resolve_model_dir(cfg.Global.det_inference_model_dir, needed=(det.model_file, det.labels_file))
+    return PicoDetDetector(
+        model_path=folder / det.model_file,
+        class_names=load_class_names(folder / det.labels_file),
+        score_threshold=cfg.Global.threshold,
+        max_detections=cfg.Global.max_det_results,
+        nms_iou=det.nms_iou,
+        mainbody=det.mainbody,
+        num_threads=cfg.Global.cpu_num_threads,
+        use_gpu=cfg.Global.use_gpu,
+    )
+
+
+def build_recognizer(cfg: VidrecConfig) -> Recognizer:
+    folder = resolve_model_dir(cfg.Global.rec_inference_model_dir, needed=(cfg.Recognizer.model_file,))
+    return Recognizer(
+        folder / cfg.Recognizer.model_file,
+        cfg.RecPreProcess.transform_ops,
+        num_threads=cfg.Global.cpu_num_threads,
+        use_gpu=cfg.Global.use_gpu,
+        max_batch=cfg.IndexProcess.batch_size,
+    )
+
+
+def load_gallery(cfg: VidrecConfig) -> GalleryIndex | None:
+    if cfg.IndexProcess.index_dir is None:
+        return None
+    gallery = GalleryIndex.load(Path(cfg.IndexProcess.index_dir), delimiter=cfg.IndexProcess.delimiter)
+    return gallery
+
+
+def build_system(cfg: VidrecConfig) -> ShituSystem:
+    """Detector always; recognizer and gallery only when a gallery is configured (nothing to name otherwise)."""
+    if cfg.DetPreProcess is not None:
+        log.warning("DetPreProcess is ignored: the detector's preprocessing comes with its model")
+    detector = build_detector(cfg)
+    gallery = load_gallery(cfg)
+    recognizer = None
+    if gallery is not None:
+        recognizer = build_recognizer(cfg)
+        if gallery.embedding_size != recognizer.embedding_size:
+            raise GalleryError(
+                f"gallery {cfg.IndexProcess.index_dir} holds {gallery.embedding_size}-d embeddings but the recognizer "
+                f"{cfg.Global.rec_inference_model_dir} makes {recognizer.embedding_size}-d ones: rebuild the gallery"
+            )
+        log.info("gallery %s: %d entries, version %d", cfg.IndexProcess.index_dir, gallery.size, gallery.version)
+    params = ShituParams(rec_nms_thresold=cfg.Global.rec_nms_thresold, score_thres=cfg.IndexProcess.score_thres)
+    return ShituSystem(detector=detector, recognizer=recognizer, gallery=gallery, params=params)
