@@ -76,7 +76,8 @@ def parse_override(option: str) -> tuple[list[str], Any]:
     if len(path) < 2 or any(not part for part in path):
         raise ConfigError(f"-o {option}: expected Section.key=value (e.g. -o Global.threshold=0.3)")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        # A blank value (e.g. a space delimiter) is kept as written, not read as YAML null.
+        value = yaml.safe_load(raw) if raw.strip() else raw
     except yaml.YAMLError:
         value = raw  # an unparsable value is taken as a plain string; validation judges it
     return path, value
@@ -101,6 +102,10 @@ def _describe(error: dict[str, Any]) -> str:
     ctx = error.get("ctx") or {}
     if kind == "literal_error":
         return f"must be one of {ctx.get('expected', '')}"
+    bounds = {"greater_than_equal": ">=", "less_than_equal": "<=", "greater_than": ">", "less_than": "<"}
+    if kind in bounds:
+        limit = next(iter(ctx.values()), "")
+        return f"must be {bounds[kind]} {limit}"
     return error["msg"][0].lower() + error["msg"][1:]
 
 

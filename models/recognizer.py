@@ -1,0 +1,73 @@
+"""Embed object crops with an ONNX recognizer: preprocess, run in chunks, L2-normalise.
+
+Unlike PP-ShiTu, which embeds one crop at a time, crops are batched (up to ``max_batch`` per run):
+the converted EfficientNet-Lite0 has a dynamic batch dimension.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.errors import ModelError
+from models.preprocess_rec import build_rec_preprocess, preprocess_batch
+from models.runtime import create_onnx_session
+
+EMBEDDING_OUTPUT = "embedding"
+
+
+class Recognizer:
+    def __init__(
+        self,
+        model_path: Path,
+        transform_ops: Sequence[Mapping[str, Any]],
+        *,
+        num_threads: int = 2,
+        use_gpu: bool = False,
+        max_batch: int = 32,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.model_path = Path(model_path)
+        self.max_batch = max_batch
+        self._pipeline = build_rec_preprocess(list(transform_ops))
+        self._session = create_onnx_session(self.model_path, num_threads=num_threads, use_gpu=use_gpu)
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1:
+            raise ModelError(f"{self.model_path}: a recognizer takes one input, this model has {len(inputs)}")
+        self._input_name = inputs[0].name
+        outputs = {o.name: o for o in self._session.get_outputs()}
+        # The converted model also outputs classifier logits; the embedding is what galleries store.
+        chosen = outputs.get(EMBEDDING_OUTPUT) or self._session.get_outputs()[0]
+        self._output_name = chosen.name
+        shape = chosen.shape
+        if len(shape) != 2 or not isinstance(shape[1], int) or shape[1] <= 0:
+            raise ModelError(f"{self.model_path}: output {chosen.name} has shape {shape}; expected (N, D) with a fixed D")
+        self.embedding_size: int = shape[1]
+        batch_dim = inputs[0].shape[0] if inputs[0].shape else None
+        # A model exported with a fixed batch (Paddle exports often fix it at 1) runs in chunks of that size.
+        self._fixed_batch = batch_dim if isinstance(batch_dim, int) else None
+
+    def embed(self, crops_rgb: Sequence[np.ndarray]) -> np.ndarray:
+        """(n, D) float32, each row L2-normalised; n = 0 gives (0, D)."""
+        if len(crops_rgb) == 0:
+            return np.zeros((0, self.embedding_size), dtype=np.float32)
+        chunk = self._fixed_batch or self.max_batch
+        parts = []
+        for start in range(0, len(crops_rgb), chunk):
+            batch = preprocess_batch(crops_rgb[start : start + chunk], self._pipeline)
+            n = len(batch)
+            if self._fixed_batch is not None and n < self._fixed_batch:
+                # A graph with a fixed batch size needs a full batch: pad with zeros, drop their rows.
+                pad = np.zeros((self._fixed_batch - n, *batch.shape[1:]), dtype=np.float32)
+                batch = np.concatenate([batch, pad])
+            (features,) = self._session.run([self._output_name], {self._input_name: batch})
+            parts.append(np.asarray(features, dtype=np.float32)[:n].reshape(n, -1))
+        features = np.concatenate(parts)
+        if features.shape[1] != self.embedding_size:
+            raise ModelError(f"{self.model_path}: produced {features.shape[1]}-d features, declared {self.embedding_size}")
+        norms = np.linalg.norm(features, axis=1, keepdims=True)
+        # An all-zero feature (e.g. a blank crop through ReLU) stays zero rather than becoming NaN.
+        return (features / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
