@@ -74,6 +74,11 @@ def _check_args(op: str, args: Mapping[str, Any], allowed: set[str]) -> None:
         raise ValueError(f"{op}: unknown argument(s) {unknown}; allowed: {sorted(allowed)}")
 
 
+def _require_default(op: str, args: Mapping[str, Any], arg: str, value: Any) -> None:
+    if arg in args and args[arg] is not None and args[arg] != value:
+        raise ValueError(f"{op}: {arg} is only supported as {value!r}, got {args[arg]!r}")
+
+
 @dataclass(frozen=True)
 class ResizeImage:
     """Resize to exactly ``size`` (w, h), or scale so the short side is ``resize_short`` (keeps ratio)."""
@@ -85,7 +90,8 @@ class ResizeImage:
     @classmethod
     def from_args(cls, args: Mapping[str, Any]) -> ResizeImage:
         op = "ResizeImage"
-        _check_args(op, args, {"size", "resize_short", "interpolation", "backend"})
+        _check_args(op, args, {"size", "resize_short", "interpolation", "backend", "return_numpy"})
+        _require_default(op, args, "return_numpy", True)
         size = args.get("size")
         short = args.get("resize_short")
         if (size is None) == (short is None):
@@ -147,7 +153,10 @@ class NormalizeImage:
     @classmethod
     def from_args(cls, args: Mapping[str, Any]) -> NormalizeImage:
         op = "NormalizeImage"
-        _check_args(op, args, {"scale", "mean", "std", "order"})
+        _check_args(op, args, {"scale", "mean", "std", "order", "channel_num", "output_fp16"})
+        # PaddleClas options accepted only at the values that mean "plain 3-channel float32".
+        _require_default(op, args, "channel_num", 3)
+        _require_default(op, args, "output_fp16", False)
         scale = parse_scale(args.get("scale", "1.0/255.0"), op=op)
         mean = cls._triple(args.get("mean", [0.485, 0.456, 0.406]), op=op, arg="mean")
         std = cls._triple(args.get("std", [0.229, 0.224, 0.225]), op=op, arg="std")
@@ -203,7 +212,8 @@ class RecPreprocess:
             raise ValueError(f"recognizer preprocessing expects an RGB HxWx3 image, got shape {shape}")
         if image_rgb.shape[0] == 0 or image_rgb.shape[1] == 0:
             raise ValueError(f"recognizer preprocessing got an empty image {image_rgb.shape}")
-        out = image_rgb
+        # Crops arrive as views of a frame; a negatively strided view (a flip) would trip cv2.
+        out = image_rgb if image_rgb.flags.c_contiguous else np.ascontiguousarray(image_rgb)
         for op in self.ops:
             out = op(out)
         return np.ascontiguousarray(out, dtype=np.float32)

@@ -38,9 +38,9 @@ class Recognizer:
         if len(inputs) != 1:
             raise ModelError(f"{self.model_path}: a recognizer takes one input, this model has {len(inputs)}")
         self._input_name = inputs[0].name
-        outputs = {o.name: o for o in self._session.get_outputs()}
+        outputs = self._session.get_outputs()
         # The converted model also outputs classifier logits; the embedding is what galleries store.
-        chosen = outputs.get(EMBEDDING_OUTPUT) or self._session.get_outputs()[0]
+        chosen = next((o for o in outputs if o.name == EMBEDDING_OUTPUT), outputs[0])
         self._output_name = chosen.name
         shape = chosen.shape
         if len(shape) != 2 or not isinstance(shape[1], int) or shape[1] <= 0:

@@ -142,7 +142,8 @@ def load_state_dict(path: Path) -> dict[str, np.ndarray]:
             obj = _load_legacy(path)
     except ModelError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, struct.error, zipfile.BadZipFile, KeyError) as exc:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, AttributeError, struct.error,
+            zipfile.BadZipFile, KeyError) as exc:  # what a corrupt pickle or zip raises
         raise ModelError(f"{path}: not a readable PyTorch state dict ({type(exc).__name__}: {exc})") from exc
     if not isinstance(obj, dict):
         raise ModelError(f"{path}: expected a state dict, found {type(obj).__name__}")

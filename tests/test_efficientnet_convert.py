@@ -1,0 +1,144 @@
+"""EfficientNet-Lite0 .pth → ONNX, checked on real photos through the ImageNet classifier head.
+
+The bus crop is the check that pins TensorFlow 'SAME' padding: with symmetric k//2 padding the same
+weights call it an ambulance (407).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from models.errors import ModelError
+from models.export.efficientnet_lite import (
+    CONVERTER_VERSION,
+    EFFICIENTNET_LITE0_PTH_SHA256,
+    convert_efficientnet_lite0,
+    count_parameters,
+    default_weights_path,
+    sha256_of,
+    state_dict_to_onnx,
+)
+from models.export.torch_pickle import load_state_dict
+from models.preprocess_rec import build_rec_preprocess, preprocess_batch
+
+LITE0_OPS = [
+    {"ResizeImage": {"size": 224}},
+    {"NormalizeImage": {"scale": 1.0, "mean": [127, 127, 127], "std": [128, 128, 128], "order": "hwc"}},
+    {"ToCHWImage": None},
+]
+DOG_CLASSES = set(range(151, 269))
+BUS_CLASSES = {779, 874, 654}  # school bus, trolleybus, minibus
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return convert_efficientnet_lite0(default_weights_path(), tmp_path_factory.mktemp("lite0"))
+
+
+@pytest.fixture(scope="module")
+def session(converted: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(converted), providers=["CPUExecutionProvider"])
+
+
+def _rgb(path: Path) -> np.ndarray:
+    bgr = cv2.imread(str(path))
+    assert bgr is not None, f"cannot read {path}"
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _run(session: ort.InferenceSession, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    batch = preprocess_batch(images, build_rec_preprocess(LITE0_OPS))
+    embedding, logits = session.run(["embedding", "logits"], {"x": batch})
+    return embedding, logits
+
+
+def test_files_written_and_valid(converted: Path) -> None:
+    assert converted.name == "inference.onnx"
+    onnx.checker.check_model(str(converted))
+    source = json.loads((converted.parent / "source.json").read_text())
+    assert source["source_sha256"] == EFFICIENTNET_LITE0_PTH_SHA256
+    assert source["converter_version"] == CONVERTER_VERSION
+    assert not list(converted.parent.glob("*.tmp"))  # atomic writes leave nothing behind
+    model = onnx.load(str(converted))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "N" and [d.dim_value for d in dims[1:]] == [3, 224, 224]
+
+
+def test_packaged_weights_match_the_pinned_checksum() -> None:
+    path = default_weights_path()
+    assert sha256_of(path) == EFFICIENTNET_LITE0_PTH_SHA256
+    state = load_state_dict(path)
+    # 4.65 M learned parameters; 4.69 M with the BatchNorm running statistics (the figure usually quoted).
+    assert count_parameters(state) == 4_652_008
+    assert sum(v.size for k, v in state.items() if not k.endswith("num_batches_tracked")) == 4_694_024
+
+
+def test_dog_photo_is_a_dog(session: ort.InferenceSession, photos_dir: Path) -> None:
+    embedding, logits = _run(session, [_rgb(photos_dir / "dog.jpg")])
+    assert embedding.shape == (1, 1280) and embedding.dtype == np.float32
+    assert logits.shape == (1, 1000)
+    assert int(np.argmax(logits[0])) in DOG_CLASSES
+
+
+def test_bus_photo_and_bus_crop_are_buses(session: ort.InferenceSession, photos_dir: Path) -> None:
+    whole = _rgb(photos_dir / "bus.jpg")
+    crop = whole[230:730, 0:810]  # the bus body, without the street below it
+    _, logits = _run(session, [whole, crop])
+    top1 = [int(i) for i in np.argmax(logits, axis=1)]
+    assert all(label in BUS_CLASSES for label in top1), top1
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    assert (probs[:, sorted(BUS_CLASSES)].sum(axis=1) > 0.5).all()
+
+
+def test_batch_equals_single_runs(session: ort.InferenceSession, photos_dir: Path) -> None:
+    images = [_rgb(photos_dir / name) for name in ("dog.jpg", "bus.jpg", "zidane.jpg")]
+    batched, _ = _run(session, images)
+    singles = np.concatenate([_run(session, [img])[0] for img in images])
+    assert batched.shape == (3, 1280)
+    assert float(np.abs(batched - singles).max()) < 1e-4
+    # Different photos give different features (not a constant graph).
+    assert float(np.abs(batched[0] - batched[1]).max()) > 0.1
+
+
+@pytest.fixture(scope="module")
+def real_state() -> dict[str, np.ndarray]:
+    return load_state_dict(default_weights_path())
+
+
+def test_missing_key_is_named(real_state: dict[str, np.ndarray]) -> None:
+    state = dict(real_state)
+    del state["_blocks.7._depthwise_conv.weight"]
+    with pytest.raises(ModelError, match=r"lite0\.pth: missing key _blocks\.7\._depthwise_conv\.weight"):
+        state_dict_to_onnx(state, source="lite0.pth")
+
+
+def test_wrong_shape_is_named(real_state: dict[str, np.ndarray]) -> None:
+    state = dict(real_state)
+    state["_blocks.3._project_conv.weight"] = np.zeros((41, 144, 1, 1), dtype=np.float32)  # 40 output channels expected
+    with pytest.raises(ModelError, match=r"lite0\.pth: key _blocks\.3\._project_conv\.weight has shape"):
+        state_dict_to_onnx(state, source="lite0.pth")
+
+
+def test_unused_key_is_named(real_state: dict[str, np.ndarray]) -> None:
+    state = dict(real_state)
+    state["_blocks.2._se_reduce.weight"] = np.zeros((6, 144, 1, 1), dtype=np.float32)
+    with pytest.raises(ModelError, match=r"lite0\.pth: unexpected keys.*_blocks\.2\._se_reduce\.weight"):
+        state_dict_to_onnx(state, source="lite0.pth")
+
+
+def test_checksum_mismatch_names_the_file(tmp_path: Path) -> None:
+    copy = tmp_path / "tampered.pth"
+    shutil.copyfile(default_weights_path(), copy)
+    with copy.open("ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ModelError, match=r"tampered\.pth: sha256"):
+        convert_efficientnet_lite0(copy, tmp_path / "out")
+    assert not (tmp_path / "out" / "inference.onnx").exists()

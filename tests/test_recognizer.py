@@ -1,0 +1,82 @@
+"""Recognizer on the real converted EfficientNet-Lite0 and real photos."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from models.errors import ModelError
+from models.export.efficientnet_lite import convert_efficientnet_lite0, default_weights_path
+from models.recognizer import Recognizer
+
+LITE0_OPS = [
+    {"ResizeImage": {"size": 224}},
+    {"NormalizeImage": {"scale": 1.0, "mean": [127, 127, 127], "std": [128, 128, 128], "order": "hwc"}},
+    {"ToCHWImage": None},
+]
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return convert_efficientnet_lite0(default_weights_path(), tmp_path_factory.mktemp("rec"))
+
+
+@pytest.fixture(scope="module")
+def recognizer(model_path: Path) -> Recognizer:
+    return Recognizer(model_path, LITE0_OPS, num_threads=2)
+
+
+@pytest.fixture(scope="module")
+def photos(photos_dir: Path) -> dict[str, np.ndarray]:
+    out = {}
+    for name in ("dog", "bus", "person", "zidane"):
+        bgr = cv2.imread(str(photos_dir / f"{name}.jpg"))
+        assert bgr is not None
+        out[name] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return out
+
+
+def test_rows_are_unit_norm(recognizer: Recognizer, photos: dict[str, np.ndarray]) -> None:
+    assert recognizer.embedding_size == 1280
+    emb = recognizer.embed(list(photos.values()))
+    assert emb.shape == (4, 1280) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+
+def test_empty_input(recognizer: Recognizer) -> None:
+    emb = recognizer.embed([])
+    assert emb.shape == (0, 1280) and emb.dtype == np.float32
+
+
+def test_same_photo_twice_has_cosine_one(recognizer: Recognizer, photos: dict[str, np.ndarray]) -> None:
+    emb = recognizer.embed([photos["dog"], photos["dog"].copy()])
+    assert float(emb[0] @ emb[1]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_flipped_crop_is_closer_to_itself_than_to_other_photos(recognizer: Recognizer, photos: dict[str, np.ndarray]) -> None:
+    dog = photos["dog"][220:537, 130:307]  # the dog on the porch
+    bus = photos["bus"][230:730, 0:810]
+    flipped = dog[:, ::-1]  # a negatively strided view, as a caller may well pass
+    emb = recognizer.embed([dog, flipped, bus, photos["zidane"]])
+    same = float(emb[0] @ emb[1])
+    others = [float(emb[1] @ emb[i]) for i in (2, 3)]
+    assert same > 0.9
+    assert all(same > other + 0.4 for other in others), (same, others)
+
+
+def test_chunking_does_not_change_results(model_path: Path, recognizer: Recognizer, photos: dict[str, np.ndarray]) -> None:
+    crops = [photos["dog"], photos["bus"][100:900, 50:700], photos["person"], photos["zidane"], photos["dog"][:300, :400]]
+    small = Recognizer(model_path, LITE0_OPS, num_threads=1, max_batch=2)
+    np.testing.assert_allclose(small.embed(crops), recognizer.embed(crops), atol=1e-5)
+
+
+def test_missing_model_is_a_model_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"nothing\.onnx"):
+        Recognizer(tmp_path / "nothing.onnx", LITE0_OPS)
+
+
+def test_bad_ops_fail_at_construction(model_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown op 'Blur'"):
+        Recognizer(model_path, [{"Blur": None}])
