@@ -22,7 +22,8 @@ from models.types import Detections
 # PicoDet-S distributes each box side over reg_max + 1 = 8 bins.
 REG_MAX = 7
 # Anchor centres sit at (i + CELL_OFFSET) * stride. Measured on the real photos (tests/test_detector.py):
-# with 0.5, boxes of a horizontally flipped image are the mirror of the original's; with 0 they drift.
+# with 0.5 the boxes of a horizontally flipped square image mirror the original's to ~1 px; with 0 every
+# box drifts right by 13–40 input px (about half a stride on each side).
 CELL_OFFSET = 0.5
 # Strides a PicoDet level can have; the level's stride is the one whose grid matches its anchor count.
 _CANDIDATE_STRIDES = (4, 8, 16, 32, 64, 128)
@@ -144,6 +145,9 @@ class PicoDetDetector:
         self._batched = shape[0] != 1
 
         self._score_names, self._dist_names, num_classes = self._split_outputs()
+        output_names = [o.name for o in self._session.get_outputs()]
+        self._score_idx = [output_names.index(n) for n in self._score_names]
+        self._dist_idx = [output_names.index(n) for n in self._dist_names]
         if num_classes != len(class_names):
             source = f"class names file {names_source}" if names_source else "class_names"
             raise ModelError(
@@ -198,14 +202,11 @@ class PicoDetDetector:
             raw = [self._session.run(None, {self._input_name: tensor})]
         else:
             raw = [self._session.run(None, {self._input_name: tensor[i : i + 1]}) for i in range(len(images_bgr))]
-        names = [o.name for o in self._session.get_outputs()]
-        score_idx = [names.index(n) for n in self._score_names]
-        dist_idx = [names.index(n) for n in self._dist_names]
         results: list[Detections] = []
         image_no = 0
         for outputs in raw:
-            scores = np.concatenate([outputs[i] for i in score_idx], axis=1)
-            dists = np.concatenate([outputs[i] for i in dist_idx], axis=1)
+            scores = np.concatenate([outputs[i] for i in self._score_idx], axis=1)
+            dists = np.concatenate([outputs[i] for i in self._dist_idx], axis=1)
             for b in range(scores.shape[0]):
                 image = images_bgr[image_no]
                 results.append(self._postprocess(scores[b], dists[b], scales[image_no], image.shape[:2]))

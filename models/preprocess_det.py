@@ -31,7 +31,9 @@ def letterbox_size(*, height: int, width: int, size: int) -> tuple[int, int, flo
     return new_h, new_w, new_w / width, new_h / height
 
 
-def letterbox(image_bgr: np.ndarray, *, size: int, interpolation: int = cv2.INTER_LINEAR) -> tuple[np.ndarray, np.ndarray]:
+def letterbox(
+    image_bgr: np.ndarray, *, size: int, interpolation: int = cv2.INTER_LINEAR
+) -> tuple[np.ndarray, np.ndarray]:
     """uint8 ``size``×``size``×3 canvas with the resized image at the top-left, and its scales ``[sx, sy]``."""
     if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8:
         raise ValueError(f"expected a BGR uint8 image of shape (h, w, 3), got {image_bgr.dtype} {image_bgr.shape}")
