@@ -13,6 +13,7 @@ yet delivered are dropped (Kafka has no "complete" marker; consumers simply see 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from kafka import KafkaProducer
@@ -38,8 +39,9 @@ class KafkaSink:
         self.bootstrap = bootstrap
         self.topic = topic
         self.flush_timeout_s = flush_timeout_s
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
         self._sent = 0
+        self._pending = 0
         self._failed = 0
         self._first_error: BaseException | None = None
         self._closed = False
@@ -86,11 +88,18 @@ class KafkaSink:
         finally:
             admin.close()
 
+    def _on_success(self, _metadata: Any) -> None:
+        with self._cond:
+            self._pending -= 1
+            self._cond.notify_all()
+
     def _on_error(self, exc: BaseException) -> None:
-        with self._lock:
+        with self._cond:
+            self._pending -= 1
             self._failed += 1
             if self._first_error is None:
                 self._first_error = exc
+            self._cond.notify_all()
 
     def write(self, result: FrameResult) -> None:
         if self._closed:
@@ -101,32 +110,69 @@ class KafkaSink:
             )
         except KafkaError as exc:
             raise SinkError(f"cannot send to topic {self.topic!r} on Kafka at {self.bootstrap}: {_describe(exc)}") from exc
-        self._sent += 1
+        with self._cond:
+            self._sent += 1
+            self._pending += 1
+        future.add_callback(self._on_success)
         future.add_errback(self._on_error)
 
     def close(self) -> None:
+        """Deliver everything written (or fail) within ``flush_timeout_s``; SinkError names broker and topic."""
         if self._closed:
             return
         self._closed = True
         where = f"Kafka at {self.bootstrap}, topic {self.topic!r}"
-        try:
-            self._producer.flush(timeout=self.flush_timeout_s)
-        except KafkaError as exc:
-            self._producer.close(timeout=0)
+        deadline = time.monotonic() + self.flush_timeout_s
+        # Our own deadline rather than producer.flush(timeout), which applies the timeout to each batch in
+        # turn. Batches go out by themselves after linger_ms; the callbacks count them down.
+        with self._cond:
+            while self._pending > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            pending, failed, first = self._pending, self._failed, self._first_error
+        if pending:
+            _close_now(self._producer)
             raise SinkError(
-                f"{where}: results not delivered within {self.flush_timeout_s:g} s: {_describe(exc)}"
-            ) from exc
-        self._producer.close(timeout=self.flush_timeout_s)
-        with self._lock:
-            failed, first = self._failed, self._first_error
+                f"{where}: {pending} of {self._sent} results not delivered within {self.flush_timeout_s:g} s"
+                + (f" ({failed} failed: {_describe(first)})" if failed else "")
+            )
+        try:
+            self._producer.close(timeout=5)  # nothing pending: returns once the sender thread has stopped
+        except KafkaError:
+            _close_now(self._producer)
         if failed:
             raise SinkError(f"{where}: {failed} of {self._sent} results failed: {_describe(first)}") from first
 
     def abort(self) -> None:
+        """Stop at once; records not yet delivered are dropped."""
         if self._closed:
             return
         self._closed = True
-        self._producer.close(timeout=0)
+        _close_now(self._producer)
+
+
+def _close_now(producer: KafkaProducer) -> None:
+    """Close without waiting for undelivered records.
+
+    kafka-python 3.0.12's ``close(timeout=0)`` first calls ``flush(0)``, which raises KafkaTimeoutError
+    while records are pending and leaves the sender thread running; force the sender closed (it fails the
+    pending batches) and close again.
+    """
+    try:
+        producer.close(timeout=0)
+        return
+    except KafkaError:
+        pass
+    sender = getattr(producer, "_sender", None)
+    if sender is not None:
+        sender.force_close()
+        sender.join(5)
+    try:
+        producer.close(timeout=0)
+    except KafkaError:
+        pass
 
 
 def _describe(exc: BaseException | None) -> str:
