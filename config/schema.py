@@ -72,7 +72,7 @@ class TransformOps(Section):
 class DetectorSection(Section):
     """vidrec: which files of ``Global.det_inference_model_dir`` to load and how to merge classes."""
 
-    model_file: str = "picodet_s_416_coco.onnx"
+    model_file: str = "picodet_s_320_coco.onnx"
     labels_file: str = "coco.names"
     mainbody: bool = Field(True, description="Class-agnostic NMS as PP-ShiTu's mainbody detector; the COCO class is kept per box.")
     nms_iou: float = Field(0.6, ge=0.0, le=1.0)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from config import VidrecConfig
 from models.errors import GalleryError
-from models.detector import PicoDetDetector, load_class_names
+from models.detector import PicoDetDetector
 from models.gallery import GalleryIndex
 from models.recognizer import Recognizer
 from models.resolve import resolve_model_dir
@@ -23,7 +23,7 @@ def build_detector(cfg: VidrecConfig) -> PicoDetDetector:
     folder = resolve_model_dir(cfg.Global.det_inference_model_dir, needed=(det.model_file, det.labels_file))
     return PicoDetDetector(
         model_path=folder / det.model_file,
-        class_names=load_class_names(folder / det.labels_file),
+        class_names=folder / det.labels_file,
         score_threshold=cfg.Global.threshold,
         max_detections=cfg.Global.max_det_results,
         nms_iou=det.nms_iou,
