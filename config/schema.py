@@ -52,7 +52,7 @@ class IndexProcessSection(Section):
     return_k: int = Field(5, ge=1, le=1000)
     # Scores are similarities in [-1, 1] for both dist types (see models/gallery.py), so a
     # threshold outside that range could never (or always) match.
-    score_thres: float = Field(0.5, ge=-1.0, le=1.0)
+    score_thres: float = Field(0.7, ge=-1.0, le=1.0)
 
 
 class TransformOps(Section):

@@ -63,7 +63,13 @@ class FrameResult:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["objects"] = [
-            {**obj, "bbox": [round(float(v), 2) for v in obj["bbox"]]} for obj in data["objects"]
+            {
+                **obj,
+                "bbox": [round(float(v), 2) for v in obj["bbox"]],
+                "det_score": round(float(obj["det_score"]), 4),
+                "score": None if obj["score"] is None else round(float(obj["score"]), 4),
+            }
+            for obj in data["objects"]
         ]
         data["latency_ms"] = {k: round(float(v), 3) for k, v in self.latency_ms.items()}
         return data

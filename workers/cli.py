@@ -132,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="vidrec: %(message)s", stream=sys.stderr
     )
+    # faiss logs at INFO which CPU kernels it could load; that is noise to a user.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         return COMMANDS[args.command](args)
     except USER_ERRORS as exc:
