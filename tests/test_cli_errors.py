@@ -81,10 +81,10 @@ def test_wrong_model_file_is_refused(out_dir: Path, bikes_mp4: Path, tmp_path: P
     """A model folder whose file fails its sha256 (a truncated copy) is an error naming the file."""
     bad = tmp_path / "picodet_s_coco"
     shutil.copytree(model_dir / "picodet_s_coco", bad)
-    onnx = bad / "picodet_s_416_coco.onnx"
+    onnx = bad / "picodet_s_320_coco.onnx"  # the default detector file
     onnx.write_bytes(onnx.read_bytes()[:100_000])
     proc = run_vidrec("video", bikes_mp4, "-o", f"Global.det_inference_model_dir={bad}")
-    assert_one_line_error(proc, "picodet_s_416_coco.onnx")
+    assert_one_line_error(proc, "picodet_s_320_coco.onnx", "sha256")
 
 
 def _gallery_args(data_file: Path, root: Path, index_dir: Path) -> list[str]:

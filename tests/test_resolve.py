@@ -1,0 +1,103 @@
+"""Model resolution: path, $VIDREC_MODEL_DIR, cache, then a sha256-checked download (from a loopback server)."""
+from __future__ import annotations
+
+import functools
+import http.server
+import shutil
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from models import resolve
+from models.errors import ModelError
+from models.resolve import ModelFile, ModelSpec, resolve_model_dir, sha256_of
+
+
+@pytest.fixture()
+def file_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A real HTTP server on loopback serving a folder (no machine here reaches the internet)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None  # type: ignore[assignment]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", root
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture()
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Point the cache at a fresh folder and clear VIDREC_MODEL_DIR (environment only; nothing is faked)."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("VIDREC_CACHE_DIR", str(cache))
+    monkeypatch.delenv("VIDREC_MODEL_DIR", raising=False)
+    return cache / "models"
+
+
+def _register(monkeypatch: pytest.MonkeyPatch, spec: ModelSpec) -> None:
+    monkeypatch.setitem(resolve.REGISTRY, spec.name, spec)
+
+
+def test_model_dir_env_is_used_and_checked(model_dir: Path, monkeypatch: pytest.MonkeyPatch, isolated: Path) -> None:
+    monkeypatch.setenv("VIDREC_MODEL_DIR", str(model_dir))
+    folder = resolve_model_dir("picodet_s_coco", needed=("picodet_s_320_coco.onnx", "coco.names"))
+    assert folder == model_dir / "picodet_s_coco"
+
+
+def test_explicit_path_wins(model_dir: Path, isolated: Path) -> None:
+    folder = resolve_model_dir(str(model_dir / "picodet_s_coco"), needed=("coco.names",))
+    assert folder == model_dir / "picodet_s_coco"
+
+
+def test_download_into_cache_with_sha256(file_server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch, isolated: Path, model_dir: Path) -> None:
+    base, root = file_server
+    src = model_dir / "picodet_s_coco" / "coco.names"
+    shutil.copy(src, root / "names.txt")
+    _register(monkeypatch, ModelSpec(name="tiny", files=(ModelFile("coco.names", sha256_of(src), f"{base}/names.txt"),)))
+    folder = resolve_model_dir("tiny", needed=("coco.names",))
+    assert folder == isolated / "tiny"
+    assert (folder / "coco.names").read_bytes() == src.read_bytes()
+    # second call: served from the cache, even with the server's file gone
+    (root / "names.txt").unlink()
+    assert resolve_model_dir("tiny", needed=("coco.names",)) == folder
+
+
+def test_download_with_wrong_sha256_leaves_nothing(file_server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch, isolated: Path) -> None:
+    base, root = file_server
+    (root / "w.onnx").write_bytes(b"not the model")
+    _register(monkeypatch, ModelSpec(name="tiny", files=(ModelFile("w.onnx", "0" * 64, f"{base}/w.onnx"),)))
+    with pytest.raises(ModelError, match=r"w\.onnx has sha256 .*expected 0000"):
+        resolve_model_dir("tiny", needed=("w.onnx",))
+    assert not (isolated / "tiny").exists()
+    assert not any(p.name.startswith(".tiny.") for p in isolated.iterdir())
+
+
+def test_download_failure_names_the_url(file_server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch, isolated: Path) -> None:
+    base, _ = file_server
+    _register(monkeypatch, ModelSpec(name="tiny", files=(ModelFile("w.onnx", "0" * 64, f"{base}/missing.onnx"),)))
+    with pytest.raises(ModelError, match=r"cannot download .*missing\.onnx"):
+        resolve_model_dir("tiny", needed=("w.onnx",))
+
+
+def test_unknown_name_lists_where_it_looked(isolated: Path) -> None:
+    with pytest.raises(ModelError, match=r"model 'nothing_here' not found .*known model names: .*picodet_s_coco"):
+        resolve_model_dir("nothing_here", needed=("x.onnx",))
+
+
+def test_folder_missing_a_file_names_it(tmp_path: Path, isolated: Path) -> None:
+    (tmp_path / "m").mkdir()
+    with pytest.raises(ModelError, match=r"lacks inference\.onnx"):
+        resolve_model_dir(str(tmp_path / "m"), needed=("inference.onnx",))
+
+
+def test_recognizer_is_built_from_the_pypi_package_into_the_cache(isolated: Path) -> None:
+    folder = resolve_model_dir("efficientnet_lite0", needed=("inference.onnx",))
+    assert folder == isolated / "efficientnet_lite0"
+    assert (folder / "inference.onnx").stat().st_size > 10_000_000  # 4.69 M float32 parameters
