@@ -13,7 +13,8 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +29,7 @@ class ModelFile:
     name: str
     sha256: str
     url: str | None = None  # None: no official download exists for this file
+    packaged: str | None = None  # a copy shipped inside this package (models/data/), used instead of a URL
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ REGISTRY: dict[str, ModelSpec] = {
             files=(
                 ModelFile("picodet_s_320_coco.onnx", "d7852a1508b36bfc2739770ad52ff28bf81e219dc5c15dd7868d5ebdf007b6c8", f"{_PICODET_BASE}/picodet_s_320_coco.onnx"),
                 ModelFile("picodet_s_416_coco.onnx", "cdab77bdde16e4f76bec734c4e5791801d1739e4c7ec1995e0e110e04300d0c2", f"{_PICODET_BASE}/picodet_s_416_coco.onnx"),
-                ModelFile("coco.names", "634a1132eb33f8091d60f2c346ababe8b905ae08387037aed883953b7329af84", None),
+                ModelFile("coco.names", "634a1132eb33f8091d60f2c346ababe8b905ae08387037aed883953b7329af84", packaged="coco.names"),
             ),
         ),
         ModelSpec(
@@ -116,6 +118,9 @@ def _fetch_into_cache(spec: ModelSpec, target: Path, needed: tuple[str, ...], ti
             if entry.name not in needed and spec.build is None and entry.url is not None:
                 continue  # fetch only what is asked for
             if (tmp / entry.name).exists():
+                continue
+            if entry.packaged is not None:
+                (tmp / entry.name).write_bytes(resources.files("models").joinpath("data", entry.packaged).read_bytes())
                 continue
             if entry.url is None:
                 if entry.name in needed:

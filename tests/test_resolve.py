@@ -101,3 +101,20 @@ def test_recognizer_is_built_from_the_pypi_package_into_the_cache(isolated: Path
     folder = resolve_model_dir("efficientnet_lite0", needed=("inference.onnx",))
     assert folder == isolated / "efficientnet_lite0"
     assert (folder / "inference.onnx").stat().st_size > 10_000_000  # 4.69 M float32 parameters
+
+
+def test_picodet_fetch_from_a_mirror_uses_the_packaged_class_names(
+    file_server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch, isolated: Path, model_dir: Path
+) -> None:
+    """The real registry entry, with its official URLs pointed at a loopback mirror of the same files."""
+    base, root = file_server
+    shutil.copy(model_dir / "picodet_s_coco" / "picodet_s_320_coco.onnx", root / "picodet_s_320_coco.onnx")
+    real = resolve.REGISTRY["picodet_s_coco"]
+    mirrored = tuple(
+        ModelFile(f.name, f.sha256, None if f.url is None else f"{base}/{f.name}", f.packaged) for f in real.files
+    )
+    _register(monkeypatch, ModelSpec(name="picodet_s_coco", files=mirrored))
+    folder = resolve_model_dir("picodet_s_coco", needed=("picodet_s_320_coco.onnx", "coco.names"))
+    assert folder == isolated / "picodet_s_coco"
+    assert sha256_of(folder / "coco.names") == sha256_of(model_dir / "picodet_s_coco" / "coco.names")
+    assert not (folder / "picodet_s_416_coco.onnx").exists()  # only what was asked for is fetched
