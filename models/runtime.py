@@ -22,6 +22,10 @@ def create_onnx_session(model_path: Path, *, num_threads: int = 2, use_gpu: bool
     options.intra_op_num_threads = num_threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    # Several sessions (detector, recognizer) and faiss share a few cores. With ORT's default, idle
+    # pool threads spin after each run and starve the next model: on 2 cores, detect + embed + search
+    # ran at 15 fps with spinning and 31 fps without (bench/offline_fps.py, bikes.mp4).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CPUExecutionProvider"]
     if use_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
