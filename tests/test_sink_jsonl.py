@@ -8,28 +8,9 @@ import jsonschema
 import pytest
 
 from stream.errors import SinkError
-from stream.messages import FrameResult, ObjectResult, load_schema
+from stream.messages import FrameResult, load_schema
 from stream.sinks.jsonl import JsonlSink
-
-T0 = 1_760_000_000.0
-
-
-def make_result(stream_id: str, index: int) -> FrameResult:
-    objects = (
-        ObjectResult(bbox=(0, 0, 1280, 720), det_score=1.0, det_class=None, label=None, score=None),
-        ObjectResult(bbox=(10.5, 20.25, 110.0, 220.75), det_score=0.83, det_class="person", label="alice", score=0.71),
-    )
-    return FrameResult(
-        stream_id=stream_id,
-        frame_index=index,
-        pts=index / 25,
-        capture_time=T0 + index / 25,
-        width=1280,
-        height=720,
-        latency_ms={"decode": 1.5, "detect": 12.25, "total": 20.0 + index},
-        objects=objects[: 1 + index % 2],
-        gallery_version=3,
-    )
+from tests.factories import make_result
 
 
 def test_lines_validate_and_file_appears_only_on_close(tmp_path: Path) -> None:

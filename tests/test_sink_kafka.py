@@ -15,31 +15,12 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
 from stream.errors import SinkError
-from stream.messages import FrameResult, ObjectResult, load_schema
+from stream.messages import load_schema
 from stream.sinks.kafka import KafkaSink
+from tests.factories import make_result
 
-T0 = 1_760_000_000.0
 STREAMS = ("cam-a", "cam-b")
 N_PER_STREAM = 60
-
-
-def make_result(stream_id: str, index: int, n_objects: int = 2) -> FrameResult:
-    objects = [ObjectResult(bbox=(0, 0, 1920, 1080), det_score=1.0, det_class=None, label=None, score=None)]
-    objects += [
-        ObjectResult(bbox=(10.0 * k, 20.0, 10.0 * k + 50, 120.5), det_score=0.9, det_class="person", label=f"id-{k}", score=0.65)
-        for k in range(n_objects - 1)
-    ]
-    return FrameResult(
-        stream_id=stream_id,
-        frame_index=index,
-        pts=index / 30,
-        capture_time=T0 + index / 30,
-        width=1920,
-        height=1080,
-        latency_ms={"decode": 2.0, "detect": 15.0, "total": 30.0},
-        objects=tuple(objects),
-        gallery_version=None,
-    )
 
 
 def fresh_topic() -> str:

@@ -12,27 +12,9 @@ import pytest
 import redis
 
 from stream.errors import SinkError
-from stream.messages import FrameResult, ObjectResult, load_schema
+from stream.messages import load_schema
 from stream.sinks.redis import RedisSink, redis_address
-
-T0 = 1_760_000_000.0
-
-
-def make_result(stream_id: str, index: int, capture_time: float | None = None) -> FrameResult:
-    return FrameResult(
-        stream_id=stream_id,
-        frame_index=index,
-        pts=index / 25,
-        capture_time=T0 + index / 25 if capture_time is None else capture_time,
-        width=640,
-        height=360,
-        latency_ms={"decode": 1.0, "detect": 9.5, "total": 14.0},
-        objects=(
-            ObjectResult(bbox=(0, 0, 640, 360), det_score=1.0, det_class=None, label="shelf", score=0.55),
-            ObjectResult(bbox=(12.0, 30.0, 80.5, 200.0), det_score=0.77, det_class="bottle", label=None, score=None),
-        ),
-        gallery_version=1,
-    )
+from tests.factories import T0, make_result
 
 
 @pytest.fixture()
