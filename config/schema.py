@@ -26,6 +26,7 @@ class GlobalSection(Section):
     threshold: float = Field(0.2, ge=0.0, le=1.0, description="Detector score threshold.")
     max_det_results: int = Field(5, ge=0, le=1000, description="Keep at most this many detector boxes per frame (before the whole-frame box).")
     label_list: list[str] = Field(["foreground"], description="Mainbody label list (PP-ShiTu).")
+    backend: Literal["onnx", "paddle"] = Field("onnx", description="vidrec: inference runtime, ONNX Runtime or Paddle Inference.")
     use_gpu: bool = False
     enable_mkldnn: bool = True
     cpu_num_threads: int = Field(2, ge=1, le=256)

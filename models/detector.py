@@ -16,7 +16,7 @@ import numpy as np
 from models.errors import ModelError
 from models.nms import batched_nms, nms_xyxy
 from models.preprocess_det import preprocess_batch
-from models.runtime import create_onnx_session
+from models.runtime import RuntimeOptions, open_model
 from models.types import Detections
 
 # PicoDet-S distributes each box side over reg_max + 1 = 8 bins.
@@ -111,8 +111,7 @@ class PicoDetDetector:
         max_detections: int,
         nms_iou: float = 0.6,
         mainbody: bool = True,
-        num_threads: int = 2,
-        use_gpu: bool = False,
+        runtime: RuntimeOptions = RuntimeOptions(),
     ) -> None:
         if not 0.0 <= score_threshold <= 1.0:
             raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
@@ -131,9 +130,9 @@ class PicoDetDetector:
         self.max_detections = int(max_detections)
         self.nms_iou = float(nms_iou)
         self.mainbody = bool(mainbody)
-        self._session = create_onnx_session(self.model_path, num_threads=num_threads, use_gpu=use_gpu)
+        self._model = open_model(self.model_path, runtime)
 
-        inputs = self._session.get_inputs()
+        inputs = self._model.inputs
         if len(inputs) != 1:
             raise ModelError(f"{self.model_path}: expected one image input, got {[i.name for i in inputs]}")
         self._input_name = inputs[0].name
@@ -145,7 +144,7 @@ class PicoDetDetector:
         self._batched = shape[0] != 1
 
         self._score_names, self._dist_names, num_classes = self._split_outputs()
-        output_names = [o.name for o in self._session.get_outputs()]
+        output_names = [o.name for o in self._model.outputs]
         self._score_idx = [output_names.index(n) for n in self._score_names]
         self._dist_idx = [output_names.index(n) for n in self._dist_names]
         if num_classes != len(class_names):
@@ -164,7 +163,7 @@ class PicoDetDetector:
         dist_dim = 4 * (REG_MAX + 1)
         scores: dict[int, tuple[str, int]] = {}
         dists: dict[int, str] = {}
-        for out in self._session.get_outputs():
+        for out in self._model.outputs:
             shape = out.shape
             if len(shape) != 3 or not isinstance(shape[1], int) or not isinstance(shape[2], int):
                 raise ModelError(f"{self.model_path}: output {out.name} has shape {shape}, expected [B, N, C]")
@@ -187,7 +186,7 @@ class PicoDetDetector:
         """Anchor centres (A, 2) and strides (A,) for all levels, concatenated in output order."""
         centres, strides = [], []
         for name in self._score_names:
-            num_anchors = next(o.shape[1] for o in self._session.get_outputs() if o.name == name)
+            num_anchors = next(o.shape[1] for o in self._model.outputs if o.name == name)
             side, stride = _level_stride(num_anchors, self.input_size)
             centres.append(anchor_centres(grid_h=side, grid_w=side, stride=stride))
             strides.append(np.full(num_anchors, stride, dtype=np.float32))
@@ -199,9 +198,9 @@ class PicoDetDetector:
             return []
         tensor, scales = preprocess_batch(images_bgr, size=self.input_size)
         if self._batched:
-            raw = [self._session.run(None, {self._input_name: tensor})]
+            raw = [self._model.run({self._input_name: tensor})]
         else:
-            raw = [self._session.run(None, {self._input_name: tensor[i : i + 1]}) for i in range(len(images_bgr))]
+            raw = [self._model.run({self._input_name: tensor[i : i + 1]}) for i in range(len(images_bgr))]
         results: list[Detections] = []
         image_no = 0
         for outputs in raw:

@@ -13,7 +13,7 @@ import numpy as np
 
 from models.errors import ModelError
 from models.preprocess_rec import build_rec_preprocess, preprocess_batch
-from models.runtime import create_onnx_session
+from models.runtime import RuntimeOptions, open_model
 
 EMBEDDING_OUTPUT = "embedding"
 
@@ -24,8 +24,7 @@ class Recognizer:
         model_path: Path,
         transform_ops: Sequence[Mapping[str, Any]],
         *,
-        num_threads: int = 2,
-        use_gpu: bool = False,
+        runtime: RuntimeOptions = RuntimeOptions(),
         max_batch: int = 32,
     ) -> None:
         if max_batch < 1:
@@ -33,12 +32,12 @@ class Recognizer:
         self.model_path = Path(model_path)
         self.max_batch = max_batch
         self._pipeline = build_rec_preprocess(list(transform_ops))
-        self._session = create_onnx_session(self.model_path, num_threads=num_threads, use_gpu=use_gpu)
-        inputs = self._session.get_inputs()
+        self._model = open_model(self.model_path, runtime)
+        inputs = self._model.inputs
         if len(inputs) != 1:
             raise ModelError(f"{self.model_path}: a recognizer takes one input, this model has {len(inputs)}")
         self._input_name = inputs[0].name
-        outputs = self._session.get_outputs()
+        outputs = self._model.outputs
         # The converted model also outputs classifier logits; the embedding is what galleries store.
         chosen = next((o for o in outputs if o.name == EMBEDDING_OUTPUT), outputs[0])
         self._output_name = chosen.name
@@ -63,7 +62,7 @@ class Recognizer:
                 # A graph with a fixed batch size needs a full batch: pad with zeros, drop their rows.
                 pad = np.zeros((self._fixed_batch - n, *batch.shape[1:]), dtype=np.float32)
                 batch = np.concatenate([batch, pad])
-            (features,) = self._session.run([self._output_name], {self._input_name: batch})
+            (features,) = self._model.run({self._input_name: batch}, [self._output_name])
             parts.append(np.asarray(features, dtype=np.float32)[:n].reshape(n, -1))
         features = np.concatenate(parts)
         if features.shape[1] != self.embedding_size:

@@ -9,6 +9,7 @@ import pytest
 
 from models.errors import ModelError
 from models.export.efficientnet_lite import convert_efficientnet_lite0, default_weights_path
+from models.runtime import RuntimeOptions
 from models.recognizer import Recognizer
 
 LITE0_OPS = [
@@ -25,7 +26,7 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def recognizer(model_path: Path) -> Recognizer:
-    return Recognizer(model_path, LITE0_OPS, num_threads=2)
+    return Recognizer(model_path, LITE0_OPS, runtime=RuntimeOptions(num_threads=2))
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ def test_flipped_crop_is_closer_to_itself_than_to_other_photos(recognizer: Recog
 
 def test_chunking_does_not_change_results(model_path: Path, recognizer: Recognizer, photos: dict[str, np.ndarray]) -> None:
     crops = [photos["dog"], photos["bus"][100:900, 50:700], photos["person"], photos["zidane"], photos["dog"][:300, :400]]
-    small = Recognizer(model_path, LITE0_OPS, num_threads=1, max_batch=2)
+    small = Recognizer(model_path, LITE0_OPS, runtime=RuntimeOptions(num_threads=1), max_batch=2)
     np.testing.assert_allclose(small.embed(crops), recognizer.embed(crops), atol=1e-5)
 
 

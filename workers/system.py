@@ -13,9 +13,23 @@ from models.detector import PicoDetDetector
 from models.gallery import GalleryIndex
 from models.recognizer import Recognizer
 from models.resolve import resolve_model_dir
+from models.runtime import RuntimeOptions
 from models.shitu import ShituParams, ShituSystem
 
 log = logging.getLogger(__name__)
+
+
+def runtime_options(cfg: VidrecConfig) -> RuntimeOptions:
+    g = cfg.Global
+    return RuntimeOptions(
+        backend=g.backend,
+        num_threads=g.cpu_num_threads,
+        use_gpu=g.use_gpu,
+        use_tensorrt=g.use_tensorrt,
+        use_fp16=g.use_fp16,
+        enable_mkldnn=g.enable_mkldnn,
+        gpu_mem_mb=g.gpu_mem,
+    )
 
 
 def build_detector(cfg: VidrecConfig) -> PicoDetDetector:
@@ -28,8 +42,7 @@ def build_detector(cfg: VidrecConfig) -> PicoDetDetector:
         max_detections=cfg.Global.max_det_results,
         nms_iou=det.nms_iou,
         mainbody=det.mainbody,
-        num_threads=cfg.Global.cpu_num_threads,
-        use_gpu=cfg.Global.use_gpu,
+        runtime=runtime_options(cfg),
     )
 
 
@@ -38,8 +51,7 @@ def build_recognizer(cfg: VidrecConfig) -> Recognizer:
     return Recognizer(
         folder / cfg.Recognizer.model_file,
         cfg.RecPreProcess.transform_ops,
-        num_threads=cfg.Global.cpu_num_threads,
-        use_gpu=cfg.Global.use_gpu,
+        runtime=runtime_options(cfg),
         max_batch=cfg.IndexProcess.batch_size,
     )
 
