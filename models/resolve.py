@@ -226,6 +226,15 @@ def _fetch_into_cache(spec: ModelSpec, target: Path, needed: tuple[str, ...], ti
         raise
 
 
+def find_model_dir(name: str) -> Path | None:
+    """Where a known model already is ($VIDREC_MODEL_DIR, then the cache), without fetching anything."""
+    env = os.environ.get(MODEL_DIR_ENV)
+    for folder in ([Path(env) / name] if env else []) + [cache_dir() / name]:
+        if folder.is_dir() and any(folder.iterdir()):
+            return folder
+    return None
+
+
 def resolve_model_dir(ref: str, *, needed: tuple[str, ...] = (), download_timeout_s: float = 30.0) -> Path:
     """Return a folder holding ``needed`` files for model ``ref`` (a path or a registry name)."""
     as_path = Path(ref).expanduser()

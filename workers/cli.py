@@ -101,11 +101,12 @@ def _cmd_gallery(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from models.resolve import REGISTRY, resolve_model_dir
+    from models.resolve import REGISTRY, find_model_dir, resolve_model_dir
 
     if args.models_command == "list":
         for spec in REGISTRY.values():
-            print(f"{spec.name}\t{spec.description}")
+            where = find_model_dir(spec.name)
+            print(f"{spec.name}\t{where or 'not fetched'}\t{spec.description}")
         return 0
     for name in args.names:
         if name not in REGISTRY:
