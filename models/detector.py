@@ -1,4 +1,9 @@
-"""PP-PicoDet-S (COCO) on ONNX Runtime: preprocess, run, decode GFL outputs, NMS — all in numpy.
+"""PP-PicoDet-S (COCO) on ONNX Runtime or Paddle Inference: preprocess, run, decode GFL outputs, NMS in numpy.
+
+Two kinds of model folder (``PicoDetDetector.from_model_dir``): the shared ONNX exports (a model file plus
+``coco.names``; fixed BGR preprocessing), and PaddleDetection inference exports (``model.json`` +
+``model.pdiparams`` + ``infer_cfg.yml``, whose ``Preprocess`` list and ``label_list`` drive preprocessing
+and class names).
 
 The exported graph stops before box decoding and NMS: it yields, for each of 4 feature levels
 (strides 8, 16, 32, 64), a sigmoid class-score map [B, N_l, C] and a box-distribution map
@@ -15,7 +20,7 @@ import numpy as np
 
 from models.errors import ModelError
 from models.nms import batched_nms, nms_xyxy
-from models.preprocess_det import preprocess_batch
+from models.preprocess_det import INFER_CFG_FILE, InferConfig, load_infer_cfg, preprocess_batch, preprocess_with_cfg
 from models.runtime import RuntimeOptions, open_model
 from models.types import Detections
 
@@ -30,6 +35,9 @@ _CANDIDATE_STRIDES = (4, 8, 16, 32, 64, 128)
 # Bound the greedy NMS work when a low threshold lets thousands of anchors through
 # (PaddleDetection's MultiClassNMS uses nms_top_k = 1000 as well).
 PRE_NMS_TOP_K = 1000
+# Model file of a PaddleDetection export folder when none is named (Paddle 3's program format).
+PADDLE_MODEL_FILE = "model.json"
+ONNX_LABELS_FILE = "coco.names"
 
 
 def load_class_names(path: Path) -> list[str]:
@@ -100,7 +108,10 @@ def _level_stride(num_anchors: int, size: int) -> tuple[int, int]:
 
 
 class PicoDetDetector:
-    """Detect objects in BGR images with a PicoDet ONNX export; boxes come back in original-image pixels."""
+    """Detect objects in BGR images with a PicoDet export; boxes come back in original-image pixels.
+
+    ``infer_cfg`` (a PaddleDetection export's ``infer_cfg.yml``) replaces the ONNX exports' fixed preprocessing.
+    """
 
     def __init__(
         self,
@@ -112,6 +123,7 @@ class PicoDetDetector:
         nms_iou: float = 0.6,
         mainbody: bool = True,
         runtime: RuntimeOptions = RuntimeOptions(),
+        infer_cfg: InferConfig | None = None,
     ) -> None:
         if not 0.0 <= score_threshold <= 1.0:
             raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
@@ -136,6 +148,7 @@ class PicoDetDetector:
         if len(inputs) != 1:
             raise ModelError(f"{self.model_path}: expected one image input, got {[i.name for i in inputs]}")
         self._input_name = inputs[0].name
+        self.infer_cfg = infer_cfg
         shape = inputs[0].shape
         if len(shape) != 4 or not isinstance(shape[2], int) or shape[2] != shape[3]:
             raise ModelError(f"{self.model_path}: expected input [B, 3, S, S] with a fixed S, got {shape}")
@@ -154,6 +167,48 @@ class PicoDetDetector:
             )
         self.class_names: list[str] = list(class_names)
         self._centres, self._strides = self._anchor_grid()
+        if infer_cfg is not None and infer_cfg.fpn_stride is not None:
+            strides = sorted({int(s) for s in self._strides})
+            if strides != sorted(infer_cfg.fpn_stride):
+                raise ModelError(
+                    f"{infer_cfg.path}: fpn_stride {list(infer_cfg.fpn_stride)} but model {self.model_path} has levels of stride {strides}"
+                )
+
+    @classmethod
+    def from_model_dir(
+        cls,
+        model_dir: Path,
+        *,
+        model_file: str | None = None,
+        labels_file: str | None = None,
+        score_threshold: float,
+        max_detections: int,
+        nms_iou: float = 0.6,
+        mainbody: bool = True,
+        runtime: RuntimeOptions = RuntimeOptions(),
+    ) -> "PicoDetDetector":
+        """A detector for either kind of folder.
+
+        With ``infer_cfg.yml`` (PaddleDetection export): its Preprocess list preprocesses, class names come from
+        ``labels_file`` when given, else from its ``label_list``; ``model_file`` defaults to ``model.json``.
+        Without: the shared ONNX export's fixed preprocessing; ``model_file`` is required and ``labels_file``
+        defaults to ``coco.names``.
+        """
+        model_dir = Path(model_dir)
+        cfg_path = model_dir / INFER_CFG_FILE
+        common = dict(score_threshold=score_threshold, max_detections=max_detections, nms_iou=nms_iou, mainbody=mainbody, runtime=runtime)
+        if cfg_path.is_file():
+            cfg = load_infer_cfg(cfg_path)
+            if labels_file is not None:
+                names: Sequence[str] | Path = model_dir / labels_file
+            elif cfg.label_list is not None:
+                names = list(cfg.label_list)
+            else:
+                raise ModelError(f"{cfg_path} has no label_list and no labels file was named")
+            return cls(model_path=model_dir / (model_file or PADDLE_MODEL_FILE), class_names=names, infer_cfg=cfg, **common)
+        if model_file is None:
+            raise ModelError(f"model folder {model_dir} has no {INFER_CFG_FILE}: name its model file")
+        return cls(model_path=model_dir / model_file, class_names=model_dir / (labels_file or ONNX_LABELS_FILE), **common)
 
     def _split_outputs(self) -> tuple[list[str], list[str], int]:
         """Score and distribution output names, paired per level in ascending stride, and the class count.
@@ -196,7 +251,10 @@ class PicoDetDetector:
         """One ``Detections`` per BGR uint8 image, boxes in that image's pixels, best score first."""
         if len(images_bgr) == 0:
             return []
-        tensor, scales = preprocess_batch(images_bgr, size=self.input_size)
+        if self.infer_cfg is not None:
+            tensor, scales = preprocess_with_cfg(images_bgr, self.infer_cfg, size=self.input_size)
+        else:
+            tensor, scales = preprocess_batch(images_bgr, size=self.input_size)
         if self._batched:
             raw = [self._model.run({self._input_name: tensor})]
         else:
