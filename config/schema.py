@@ -73,8 +73,8 @@ class TransformOps(Section):
 class DetectorSection(Section):
     """vidrec: which files of ``Global.det_inference_model_dir`` to load and how to merge classes."""
 
-    model_file: str = "picodet_s_320_coco.onnx"
-    labels_file: str = "coco.names"
+    model_file: str | None = Field(None, description="File in the model folder; default by backend: picodet_s_320_coco.onnx / model.onnx for onnx, model.json / model.pdmodel for paddle.")
+    labels_file: str | None = Field(None, description="Class names, one per line; default: infer_cfg.yml's label_list, else coco.names.")
     mainbody: bool = Field(True, description="Class-agnostic NMS as PP-ShiTu's mainbody detector; the COCO class is kept per box.")
     nms_iou: float = Field(0.6, ge=0.0, le=1.0)
 
@@ -82,7 +82,7 @@ class DetectorSection(Section):
 class RecognizerSection(Section):
     """vidrec: which file of ``Global.rec_inference_model_dir`` to load."""
 
-    model_file: str = "inference.onnx"
+    model_file: str | None = Field(None, description="File in the model folder; default by backend: inference.onnx for onnx, inference.json / inference.pdmodel for paddle.")
 
 
 class VideoSection(Section):

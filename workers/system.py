@@ -8,11 +8,11 @@ import logging
 from pathlib import Path
 
 from config import VidrecConfig
-from models.errors import GalleryError
+from models.errors import GalleryError, ModelError
 from models.detector import PicoDetDetector
 from models.gallery import GalleryIndex
 from models.recognizer import Recognizer
-from models.resolve import resolve_model_dir
+from models.resolve import REGISTRY, resolve_model_dir
 from models.runtime import RuntimeOptions
 from models.shitu import ShituParams, ShituSystem
 
@@ -32,12 +32,47 @@ def runtime_options(cfg: VidrecConfig) -> RuntimeOptions:
     )
 
 
+# Model files looked for in a model folder when the config names none, per backend and in order.
+# PaddleDetection exports are model.*, PaddleClas exports inference.*; Paddle 3 writes .json, 2.x .pdmodel.
+_DET_FILES = {
+    "onnx": ("picodet_s_320_coco.onnx", "model.onnx", "inference.onnx"),
+    "paddle": ("model.json", "model.pdmodel", "inference.json", "inference.pdmodel"),
+}
+_REC_FILES = {
+    "onnx": ("inference.onnx", "model.onnx"),
+    "paddle": ("inference.json", "inference.pdmodel", "model.json", "model.pdmodel"),
+}
+
+
+def model_ref(ref: str, backend: str) -> str:
+    """The default model names have a Paddle twin built from the same weights; pick it for that backend."""
+    twin = f"{ref}_paddle"
+    return twin if backend == "paddle" and ref in REGISTRY and twin in REGISTRY else ref
+
+
+def locate(ref: str, configured: str | None, candidates: tuple[str, ...]) -> tuple[Path, str]:
+    """Resolve a model folder and the model file in it: the configured name, else the first candidate there."""
+    names = (configured,) if configured else candidates
+    first_error: ModelError | None = None
+    for name in names:
+        try:
+            return resolve_model_dir(ref, needed=(name,)), name
+        except ModelError as exc:
+            first_error = first_error or exc
+    if len(names) > 1 and Path(ref).is_dir():
+        raise ModelError(f"model folder {ref} has none of {', '.join(names)}")
+    assert first_error is not None
+    raise first_error
+
+
 def build_detector(cfg: VidrecConfig) -> PicoDetDetector:
-    det = cfg.Detector
-    folder = resolve_model_dir(cfg.Global.det_inference_model_dir, needed=(det.model_file, det.labels_file))
-    return PicoDetDetector(
-        model_path=folder / det.model_file,
-        class_names=folder / det.labels_file,
+    det, backend = cfg.Detector, cfg.Global.backend
+    ref = model_ref(cfg.Global.det_inference_model_dir, backend)
+    folder, model_file = locate(ref, det.model_file, _DET_FILES[backend])
+    return PicoDetDetector.from_model_dir(
+        folder,
+        model_file=model_file,
+        labels_file=det.labels_file,
         score_threshold=cfg.Global.threshold,
         max_detections=cfg.Global.max_det_results,
         nms_iou=det.nms_iou,
@@ -47,9 +82,11 @@ def build_detector(cfg: VidrecConfig) -> PicoDetDetector:
 
 
 def build_recognizer(cfg: VidrecConfig) -> Recognizer:
-    folder = resolve_model_dir(cfg.Global.rec_inference_model_dir, needed=(cfg.Recognizer.model_file,))
+    backend = cfg.Global.backend
+    ref = model_ref(cfg.Global.rec_inference_model_dir, backend)
+    folder, model_file = locate(ref, cfg.Recognizer.model_file, _REC_FILES[backend])
     return Recognizer(
-        folder / cfg.Recognizer.model_file,
+        folder / model_file,
         cfg.RecPreProcess.transform_ops,
         runtime=runtime_options(cfg),
         max_batch=cfg.IndexProcess.batch_size,
