@@ -7,3 +7,7 @@ class ModelError(Exception):
 
 class GalleryError(Exception):
     """A gallery data file, image or index directory is missing or malformed."""
+
+
+class ModelNotFoundError(ModelError):
+    """A model folder or file is not where it was looked for (as opposed to present but wrong)."""

@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
-from models.errors import ModelError
+from models.errors import ModelError, ModelNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -253,15 +253,15 @@ def resolve_model_dir(ref: str, *, needed: tuple[str, ...] = (), download_timeou
             return folder
     if as_path.is_dir():
         missing = [n for n in needed if not (as_path / n).is_file()]
-        raise ModelError(f"model folder {as_path} lacks {', '.join(missing)}")
+        raise ModelNotFoundError(f"model folder {as_path} lacks {', '.join(missing)}")
     if spec is None or as_path.is_absolute():
         looked = ", ".join(str(c) for c in candidates)
         known = ", ".join(sorted(REGISTRY))
-        raise ModelError(f"model '{ref}' not found (looked in {looked}); known model names: {known}")
+        raise ModelNotFoundError(f"model '{ref}' not found (looked in {looked}); known model names: {known}")
     target = cache_dir() / spec.name
     _fetch_into_cache(spec, target, needed, download_timeout_s)
     missing = [n for n in needed if not (target / n).is_file()]
     if missing:
-        raise ModelError(f"model folder {target} lacks {', '.join(missing)} after fetching {spec.name}")
+        raise ModelNotFoundError(f"model folder {target} lacks {', '.join(missing)} after fetching {spec.name}")
     _verify(target, spec, needed)
     return target

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from config import VidrecConfig
-from models.errors import GalleryError, ModelError
+from models.errors import GalleryError, ModelError, ModelNotFoundError
 from models.detector import PicoDetDetector
 from models.gallery import GalleryIndex
 from models.recognizer import Recognizer
@@ -57,7 +57,7 @@ def locate(ref: str, configured: str | None, candidates: tuple[str, ...]) -> tup
     for name in names:
         try:
             return resolve_model_dir(ref, needed=(name,)), name
-        except ModelError as exc:
+        except ModelNotFoundError as exc:  # a wrong (present) file is an error at once, not a reason to look on
             first_error = first_error or exc
     if len(names) > 1 and Path(ref).is_dir():
         raise ModelError(f"model folder {ref} has none of {', '.join(names)}")
