@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     model_cmds.add_parser("list", help="list known models and where each resolves")
     fetch = model_cmds.add_parser("fetch", help="fetch or build a known model into the cache")
     fetch.add_argument("names", nargs="+")
+    convert = model_cmds.add_parser("convert", help="convert a Paddle inference model folder to ONNX (paddle2onnx)")
+    convert.add_argument("model_dir", type=Path, help="folder with inference.json/.pdmodel (or model.*) and .pdiparams")
+    convert.add_argument("out", type=Path, help="the .onnx file to write")
+    convert.add_argument("--opset", type=int, default=13)
 
     config = commands.add_parser("config", help="show the effective configuration")
     _add_config_args(config)
@@ -103,6 +107,12 @@ def _cmd_gallery(args: argparse.Namespace) -> int:
 def _cmd_models(args: argparse.Namespace) -> int:
     from models.resolve import REGISTRY, find_model_dir, resolve_model_dir
 
+    if args.models_command == "convert":
+        from workers.models_convert import convert_paddle_to_onnx
+
+        out = convert_paddle_to_onnx(args.model_dir, args.out, opset=args.opset)
+        log.info("wrote %s", out)
+        return 0
     if args.models_command == "list":
         for spec in REGISTRY.values():
             where = find_model_dir(spec.name)
@@ -112,7 +122,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
         if name not in REGISTRY:
             raise ModelError(f"unknown model '{name}'; known: {', '.join(sorted(REGISTRY))}")
         spec = REGISTRY[name]
-        needed = tuple(f.name for f in spec.files)
+        needed = tuple(f.name for f in spec.files if f.url is not None or f.packaged is not None)
         print(f"{name}\t{resolve_model_dir(name, needed=needed)}")
     return 0
 

@@ -155,6 +155,7 @@ def convert_paddle_to_onnx(model_dir: Path, out_file: Path, *, opset: int = 13) 
             ]
             if fixed:
                 raise ModelError(f"paddle2onnx fixed the batch size of input(s) {', '.join(fixed)} of {model_file}")
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a model file is for everyone to read
         os.replace(tmp, out_file)
     finally:
         tmp.unlink(missing_ok=True)
