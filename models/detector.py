@@ -5,9 +5,17 @@ Two kinds of model folder (``PicoDetDetector.from_model_dir``): the shared ONNX 
 ``model.pdiparams`` + ``infer_cfg.yml``, whose ``Preprocess`` list and ``label_list`` drive preprocessing
 and class names).
 
-The exported graph stops before box decoding and NMS: it yields, for each of 4 feature levels
-(strides 8, 16, 32, 64), a sigmoid class-score map [B, N_l, C] and a box-distribution map
-[B, N_l, 4 × (reg_max + 1)] of raw logits (Generalized Focal Loss). This module finishes the job.
+Two output formats, told apart by the outputs' shapes (never their names):
+
+* raw heads (the shared ONNX exports, ours): the graph stops before box decoding and NMS. It yields, for each
+  of 4 feature levels (strides 8, 16, 32, 64), a sigmoid class-score map [B, N_l, C] and a box-distribution
+  map [B, N_l, 4 × (reg_max + 1)] of raw logits (Generalized Focal Loss). This module decodes and NMSes.
+* NMS in the graph (PaddleDetection's default export, PP-ShiTu's mainbody detector): one [M, 6] output of
+  (class_id, score, x1, y1, x2, y2) rows in original-image pixels, the kept boxes of the whole batch image
+  after image, and one [N] output of box counts per image. The model also takes ``im_shape`` [N, 2] (h, w
+  after the resize) and ``scale_factor`` [N, 2] ([scale_y, scale_x]); this module splits the rows by the
+  counts, keeps ``score >= score_threshold`` and, as for raw heads, applies class-agnostic NMS in mainbody
+  mode (the graph's NMS is per class) and the ``max_detections`` cap.
 """
 from __future__ import annotations
 
@@ -38,6 +46,12 @@ PRE_NMS_TOP_K = 1000
 # Model file of a PaddleDetection export folder when none is named (Paddle 3's program format).
 PADDLE_MODEL_FILE = "model.json"
 ONNX_LABELS_FILE = "coco.names"
+# PaddleDetection's extra inputs (fed when the model has them); any other input besides the image is an error.
+IM_SHAPE_INPUT = "im_shape"
+SCALE_FACTOR_INPUT = "scale_factor"
+AUX_INPUTS = (IM_SHAPE_INPUT, SCALE_FACTOR_INPUT)
+RAW_HEADS = "raw_heads"
+NMS_IN_GRAPH = "nms_in_graph"
 
 
 def load_class_names(path: Path) -> list[str]:
@@ -145,18 +159,37 @@ class PicoDetDetector:
         self._model = open_model(self.model_path, runtime)
 
         inputs = self._model.inputs
-        if len(inputs) != 1:
-            raise ModelError(f"{self.model_path}: expected one image input, got {[i.name for i in inputs]}")
-        self._input_name = inputs[0].name
+        images = [i for i in inputs if i.name not in AUX_INPUTS]
+        if len(images) != 1:
+            raise ModelError(
+                f"{self.model_path}: expected one image input (and optionally {', '.join(AUX_INPUTS)}), got {[i.name for i in inputs]}"
+            )
+        self._input_name = images[0].name
+        self._aux_inputs = tuple(i.name for i in inputs if i.name in AUX_INPUTS)
         self.infer_cfg = infer_cfg
-        shape = inputs[0].shape
+        shape = images[0].shape
         if len(shape) != 4 or not isinstance(shape[2], int) or shape[2] != shape[3]:
             raise ModelError(f"{self.model_path}: expected input [B, 3, S, S] with a fixed S, got {shape}")
         self.input_size: int = int(shape[2])
         # Batch fixed at 1 → one run per image; a dynamic batch dimension → the whole list in one run.
         self._batched = shape[0] != 1
 
-        self._score_names, self._dist_names, num_classes = self._split_outputs()
+        nms_outputs = self._find_nms_outputs()
+        if nms_outputs is not None:
+            # The class count is not in the outputs' shapes: class ids are checked against the names per run.
+            self.output_format = NMS_IN_GRAPH
+            self._boxes_idx, self._counts_idx = nms_outputs
+            self.class_names: list[str] = list(class_names)
+            return
+        self.output_format = RAW_HEADS
+        try:
+            self._score_names, self._dist_names, num_classes = self._split_outputs()
+        except ModelError as exc:
+            raise ModelError(
+                f"{self.model_path}: outputs {self._describe_outputs()} are neither raw PicoDet heads (score maps "
+                f"[B, N, C] paired with [B, N, {4 * (REG_MAX + 1)}] box maps) nor NMS-in-graph results (boxes [M, 6] "
+                f"+ counts [N]): {exc}"
+            ) from None
         output_names = [o.name for o in self._model.outputs]
         self._score_idx = [output_names.index(n) for n in self._score_names]
         self._dist_idx = [output_names.index(n) for n in self._dist_names]
@@ -165,7 +198,7 @@ class PicoDetDetector:
             raise ModelError(
                 f"{source} has {len(class_names)} names but model {self.model_path} predicts {num_classes} classes"
             )
-        self.class_names: list[str] = list(class_names)
+        self.class_names = list(class_names)
         self._centres, self._strides = self._anchor_grid()
         if infer_cfg is not None and infer_cfg.fpn_stride is not None:
             strides = sorted({int(s) for s in self._strides})
@@ -209,6 +242,22 @@ class PicoDetDetector:
         if model_file is None:
             raise ModelError(f"model folder {model_dir} has no {INFER_CFG_FILE}: name its model file")
         return cls(model_path=model_dir / model_file, class_names=model_dir / (labels_file or ONNX_LABELS_FILE), **common)
+
+    def _describe_outputs(self) -> str:
+        return ", ".join(f"{o.name} {['?' if d is None else d for d in o.shape]}" for o in self._model.outputs)
+
+    def _find_nms_outputs(self) -> tuple[int, int] | None:
+        """Indices of the (boxes [M, 6], counts [N]) outputs of an NMS-in-graph model, or None if it is not one.
+
+        Matched by rank and shape: exactly one rank-2 output whose last dimension is 6 (or unknown) and exactly
+        one rank-1 output; the dtypes (float rows, integer counts) are checked on each run.
+        """
+        outputs = self._model.outputs
+        boxes = [k for k, o in enumerate(outputs) if len(o.shape) == 2 and o.shape[1] in (6, None)]
+        counts = [k for k, o in enumerate(outputs) if len(o.shape) == 1]
+        if len(boxes) == 1 and len(counts) == 1:
+            return boxes[0], counts[0]
+        return None
 
     def _split_outputs(self) -> tuple[list[str], list[str], int]:
         """Score and distribution output names, paired per level in ascending stride, and the class count.
@@ -255,10 +304,20 @@ class PicoDetDetector:
             tensor, scales = preprocess_with_cfg(images_bgr, self.infer_cfg, size=self.input_size)
         else:
             tensor, scales = preprocess_batch(images_bgr, size=self.input_size)
+        feeds = {self._input_name: tensor}
+        if self._aux_inputs:
+            # PaddleDetection's im_info: scale_factor [sy, sx] (resized px per original px); im_shape the resized
+            # (h, w) — the rounded sizes the resize produced, which is what scale × original size gives back.
+            scale_factor = np.ascontiguousarray(scales[:, ::-1], dtype=np.float32)
+            original_hw = np.array([image.shape[:2] for image in images_bgr], dtype=np.float32)
+            aux = {IM_SHAPE_INPUT: np.round(original_hw * scale_factor).astype(np.float32), SCALE_FACTOR_INPUT: scale_factor}
+            feeds.update({name: aux[name] for name in self._aux_inputs})
         if self._batched:
-            raw = [self._model.run({self._input_name: tensor})]
+            raw = [self._model.run(feeds)]
         else:
-            raw = [self._model.run({self._input_name: tensor[i : i + 1]}) for i in range(len(images_bgr))]
+            raw = [self._model.run({name: value[i : i + 1] for name, value in feeds.items()}) for i in range(len(images_bgr))]
+        if self.output_format == NMS_IN_GRAPH:
+            return self._split_nms_results(raw, images_bgr)
         results: list[Detections] = []
         image_no = 0
         for outputs in raw:
@@ -296,3 +355,51 @@ class PicoDetDetector:
             class_agnostic=self.mainbody,
         )
         return Detections(xyxy=boxes[keep], confidence=best[candidates][keep], class_id=class_ids[candidates][keep])
+
+    def _split_nms_results(self, raw: list[list[np.ndarray]], images_bgr: Sequence[np.ndarray]) -> list[Detections]:
+        """NMS-in-graph outputs of each run → one Detections per image (rows split by the per-image counts)."""
+        results: list[Detections] = []
+        for outputs in raw:
+            rows, counts = outputs[self._boxes_idx], outputs[self._counts_idx]
+            if rows.ndim != 2 or rows.shape[1] != 6 or not np.issubdtype(rows.dtype, np.floating):
+                raise ModelError(f"{self.model_path}: box output is {rows.dtype} {list(rows.shape)}, expected float [M, 6]")
+            if counts.ndim != 1 or not np.issubdtype(counts.dtype, np.integer) or np.any(counts < 0):
+                raise ModelError(f"{self.model_path}: count output is {counts.dtype} {counts.tolist()}, expected non-negative integers [N]")
+            first = len(results)
+            batch = len(images_bgr) if self._batched else 1
+            if counts.shape[0] != batch:
+                raise ModelError(f"{self.model_path}: {counts.shape[0]} box counts for a batch of {batch} images")
+            total = int(counts.sum())
+            if total == 0:
+                # Nothing kept in the whole batch: PaddleDetection may still emit a placeholder row (class -1).
+                results.extend(Detections.empty() for _ in range(counts.shape[0]))
+                continue
+            if total != rows.shape[0]:
+                raise ModelError(f"{self.model_path}: box counts {counts.tolist()} add up to {total}, but {rows.shape[0]} boxes came out")
+            for k, image_rows in enumerate(np.split(rows, np.cumsum(counts)[:-1])):
+                results.append(self._select_nms_rows(image_rows, images_bgr[first + k].shape[:2]))
+        if len(results) != len(images_bgr):
+            raise ModelError(f"{self.model_path}: results for {len(results)} images from a batch of {len(images_bgr)}")
+        return results
+
+    def _select_nms_rows(self, rows: np.ndarray, image_hw: tuple[int, int]) -> Detections:
+        """One image's (class_id, score, x1, y1, x2, y2) rows → its Detections, best score first."""
+        # class -1: PaddleDetection's "no detection" placeholder row (counted as a box in some versions).
+        rows = rows[(rows[:, 0] >= 0) & (rows[:, 1] >= self.score_threshold)]
+        if rows.shape[0] == 0:
+            return Detections.empty()
+        class_ids = np.rint(rows[:, 0]).astype(np.int64)
+        if class_ids.max() >= len(self.class_names):
+            raise ModelError(
+                f"model {self.model_path} gives class id {int(class_ids.max())} but has {len(self.class_names)} class names"
+            )
+        scores = rows[:, 1].astype(np.float32)
+        boxes = rows[:, 2:6].astype(np.float32)  # a copy: the clip below must not write into the model's output
+        height, width = image_hw
+        np.clip(boxes, 0, [width, height, width, height], out=boxes)
+        if self.mainbody:
+            keep = nms_xyxy(boxes, scores, self.nms_iou)[: self.max_detections]
+        else:
+            # The graph's NMS was per class already: only order and cap here.
+            keep = np.argsort(-scores, kind="stable")[: self.max_detections]
+        return Detections(xyxy=boxes[keep], confidence=scores[keep], class_id=class_ids[keep])
