@@ -2,7 +2,8 @@
 
 The same data path as the live service, with one source and no dropping: frames are grouped into
 batches of ``Global.batch_size``, recognised together, and every frame's result goes to every sink
-in frame order. On any failure every sink is aborted, so no output file is left looking complete.
+in frame order. A new version of the gallery saved meanwhile is picked up between batches (results carry
+``gallery_version``). On any failure every sink is aborted, so no output file is left looking complete.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from config import VidrecConfig
+from models.gallery_watch import GalleryWatcher
 from models.shitu import BatchRecognition, ShituSystem
 from stream.frames import Frame
 from stream.messages import FrameResult, ObjectResult
@@ -25,6 +27,9 @@ from stream.sinks.video import AnnotatedVideoWriter
 from stream.sources import FrameSource, open_source
 
 log = logging.getLogger(__name__)
+
+# How often a running job looks for a new gallery version in IndexProcess.index_dir (a few stat calls).
+GALLERY_POLL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,20 @@ def open_sinks(cfg: VidrecConfig, outputs: VideoOutputs) -> list[ResultSink]:
     return sinks
 
 
+def gallery_watcher(cfg: VidrecConfig, system: ShituSystem, *, interval_s: float = GALLERY_POLL_S) -> GalleryWatcher | None:
+    """A watcher on the configured index_dir, or None when the job runs without a gallery."""
+    index_dir = cfg.IndexProcess.index_dir
+    if index_dir is None or system.gallery is None or system.recognizer is None:
+        return None
+    return GalleryWatcher(
+        Path(index_dir),
+        current=system.gallery,
+        delimiter=cfg.IndexProcess.delimiter,
+        embedding_size=getattr(system.recognizer, "embedding_size", None),
+        interval_s=interval_s,
+    )
+
+
 def run_video_job(
     cfg: VidrecConfig,
     system: ShituSystem,
@@ -142,7 +161,13 @@ def run_video_job(
             from tqdm import tqdm
 
             bar = tqdm(total=source.frame_count, unit="frame", desc=source.stream_id, file=sys.stderr)
+        watcher = gallery_watcher(cfg, system)
         for frames in batched(iter(source), cfg.Global.batch_size):
+            if watcher is not None:
+                # Between batches, so that one batch is always named by one gallery version.
+                fresh = watcher.poll()
+                if fresh is not None:
+                    system.set_gallery(fresh)
             recognition = system.run([f.image_bgr for f in frames])
             for frame, result in zip(frames, to_results(frames, recognition, class_names)):
                 for sink in sinks:

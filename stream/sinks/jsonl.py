@@ -1,6 +1,7 @@
 """JSONL file sink: one ``FrameResult.to_json()`` per line.
 
-Lines go to ``<path>.partial``; only ``close()`` (flush, fsync, rename) makes ``path`` appear, so a
+Lines go to ``<path>.partial``, each flushed as it is written (a reader may follow the file while
+the job runs); only ``close()`` (flush, fsync, rename) makes ``path`` appear, so a
 file under the final name is always complete. ``abort()`` deletes the partial file.
 """
 from __future__ import annotations
@@ -30,6 +31,8 @@ class JsonlSink:
             raise SinkError(f"JSONL output {self.path} is already closed")
         try:
             self._file.write(result.to_json() + "\n")
+            # Whole lines reach the .partial file as they are made, so a reader can follow a running job.
+            self._file.flush()
         except OSError as exc:
             raise SinkError(f"cannot write JSONL output {self.partial_path}: {exc.strerror or exc}") from exc
 
