@@ -46,8 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     gallery = commands.add_parser("gallery", help="manage the gallery index")
     gallery_cmds = gallery.add_subparsers(dest="gallery_command", required=True)
-    build = gallery_cmds.add_parser("build", help="build IndexProcess.index_dir from IndexProcess.data_file")
-    _add_config_args(build)
+    gallery_help = {
+        "build": "build IndexProcess.index_dir from IndexProcess.data_file (honours IndexProcess.index_operation)",
+        "append": "embed only the data_file's new lines and add them to the index",
+        "remove": "remove the index entries whose lines are in the data_file (no images needed)",
+        "list": "print id, label and image of every entry",
+        "eval": "recall@1/5, mAP and a suggested score_thres for a query data_file",
+    }
+    for name, text in gallery_help.items():
+        sub = gallery_cmds.add_parser(name, help=text)
+        _add_config_args(sub)
+        if name == "eval":
+            sub.add_argument("--query", type=Path, required=True, help="data_file of query images (path TAB label)")
+            sub.add_argument("--query-root", type=Path, help="folder the query paths are relative to (default: IndexProcess.image_root)")
 
     models = commands.add_parser("models", help="model files")
     model_cmds = models.add_subparsers(dest="models_command", required=True)
@@ -95,13 +106,12 @@ def _cmd_video(args: argparse.Namespace) -> int:
 
 
 def _cmd_gallery(args: argparse.Namespace) -> int:
-    from workers.gallery_job import build_gallery
-    from workers.system import build_recognizer
+    from workers.gallery_job import run_gallery_command
 
     cfg = load_config(args.config, args.overrides)
-    summary = build_gallery(cfg, build_recognizer(cfg))
-    log.info("gallery %s: %d images, %d labels, version %d", summary.index_dir, summary.entries, summary.labels, summary.version)
-    return 0
+    return run_gallery_command(
+        cfg, args.gallery_command, query=getattr(args, "query", None), query_root=getattr(args, "query_root", None)
+    )
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
