@@ -99,8 +99,9 @@ class GalleryIndex:
         *,
         index_method: str = "Flat",
         dist_type: str = "IP",
+        version: int = 1,
     ) -> GalleryIndex:
-        """A new gallery with ids 0..n-1, at version 1."""
+        """A new gallery with ids 0..n-1, at ``version`` (1, or the replaced gallery's version + 1)."""
         metric = _metric(dist_type)
         _check_method(index_method)
         x = _as_matrix(embeddings, what="embeddings")
@@ -109,8 +110,16 @@ class GalleryIndex:
         index = _filled(_new_inner(index_method, metric, x.shape[1], len(x)), x, ids)
         return cls(
             index=index, ids=ids, embeddings=x, documents=docs, labels=labs, index_method=index_method,
-            dist_type=dist_type, embedding_size=x.shape[1], version=1, next_id=len(x),
+            dist_type=dist_type, embedding_size=x.shape[1], version=version, next_id=len(x),
         )
+
+    @staticmethod
+    def stored_version(index_dir: Path) -> int | None:
+        """The version of the vidrec gallery saved in ``index_dir`` (None if there is none), without loading it."""
+        try:
+            return int(json.loads((Path(index_dir) / META).read_text(encoding="utf-8"))["version"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     # ---- properties ---------------------------------------------------------------------------------------
 
@@ -141,6 +150,10 @@ class GalleryIndex:
     @property
     def ids(self) -> np.ndarray:
         return self._ids.copy()
+
+    def entries(self) -> list[tuple[int, str, str]]:
+        """(id, label, stored line) of every entry, in index order."""
+        return list(zip(self._ids.tolist(), self._labels, self._documents))
 
     def ids_for_documents(self, documents: Sequence[str]) -> np.ndarray:
         """Ids whose stored line is one of ``documents`` (PP-ShiTu's ``remove``: by the data_file's lines)."""

@@ -399,3 +399,17 @@ def test_readers_never_see_a_mix_of_two_saves(tmp_path: Path) -> None:
         reader.join()
     assert not errors, errors[0]
     assert seen <= {(1, 30), (2, 35)}
+
+
+def test_rebuild_over_a_saved_gallery_can_continue_its_version(tmp_path: Path) -> None:
+    """A new build replacing a live gallery must not look older to a job that follows versions."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((4, 8)).astype(np.float32)
+    first = GalleryIndex.build(x, [f"{i}.jpg\tl{i}" for i in range(4)], [f"l{i}" for i in range(4)])
+    first.add(x[:1], ["new.jpg\tl9"], ["l9"])
+    first.save(tmp_path / "index")
+    assert GalleryIndex.stored_version(tmp_path / "index") == 2
+    assert GalleryIndex.stored_version(tmp_path / "missing") is None
+    again = GalleryIndex.build(x, ["a.jpg\ta"] * 4, ["a"] * 4, version=3)
+    assert again.version == 3
+    assert [label for _, label, _ in again.entries()] == ["a"] * 4

@@ -229,7 +229,8 @@ def test_build_follows_index_operation_as_paddleclas_does(tmp_path: Path, image_
     summary = build_gallery(_cfg(tmp_path / "more.txt", image_root, index_dir, index_operation="remove"), recognizer)
     assert (summary.operation, summary.entries, summary.version, recognizer.crops) == ("remove", 4, 3, 6)
     summary = build_gallery(_cfg(tmp_path / "more.txt", image_root, index_dir), recognizer)
-    assert (summary.operation, summary.entries, summary.version) == ("new", 2, 1)
+    # a new build over version 3 continues the numbering, so running jobs see a change
+    assert (summary.operation, summary.entries, summary.version) == ("new", 2, 4)
 
 
 def test_append_to_a_missing_index_says_to_build_first(tmp_path: Path, image_root: Path, recognizer: CountingRecognizer) -> None:

@@ -109,7 +109,11 @@ def build_gallery(cfg: VidrecConfig, recognizer: Recognizer) -> GallerySummary:
 
 
 def new_gallery(cfg: VidrecConfig, recognizer: Recognizer) -> GallerySummary:
-    """Embed every image of the data_file into a new index (replacing what index_dir held), version 1."""
+    """Embed every image of the data_file into a new index, replacing what index_dir held.
+
+    The version continues from the replaced gallery's, so a running job that follows versions sees a
+    change rather than an older-looking number.
+    """
     ip = cfg.IndexProcess
     data_file, index_dir = _required_paths(cfg, "build")
     if recognizer.embedding_size != ip.embedding_size:
@@ -124,11 +128,12 @@ def new_gallery(cfg: VidrecConfig, recognizer: Recognizer) -> GallerySummary:
         # PaddleClas builds such a file (the image then counts twice); so does vidrec, but says so.
         log.warning("%s", exc)
     embeddings = embed_entries(entries, recognizer, data_file=data_file, batch_size=ip.batch_size)
-    gallery = GalleryIndex.build(
-        embeddings, [e.line for e in entries], [e.label for e in entries],
-        index_method=ip.index_method, dist_type=ip.dist_type,
-    )
     with _locked(index_dir):
+        previous = GalleryIndex.stored_version(index_dir)
+        gallery = GalleryIndex.build(
+            embeddings, [e.line for e in entries], [e.label for e in entries],
+            index_method=ip.index_method, dist_type=ip.dist_type, version=(previous or 0) + 1,
+        )
         gallery.save(index_dir)
     return _summary(index_dir, gallery, "new", changed=len(entries), embedded=len(entries))
 
@@ -190,7 +195,7 @@ def list_gallery(cfg: VidrecConfig) -> GalleryListing:
     index_dir = _required_index_dir(cfg, "list")
     gallery = _load_existing(index_dir, ip.delimiter)
     rows = sorted(
-        (GalleryRow(id=i, label=label, path=_key(line, ip.delimiter)[0], line=line) for i, label, line in _entries(gallery)),
+        (GalleryRow(id=i, label=label, path=_key(line, ip.delimiter)[0], line=line) for i, label, line in gallery.entries()),
         key=lambda row: row.id,
     )
     return GalleryListing(index_dir, gallery.version, gallery.index_method, gallery.dist_type, gallery.embedding_size, rows)
@@ -215,7 +220,7 @@ def eval_gallery(
         raise GalleryError(f"{index_dir}: the gallery is empty; nothing to evaluate against")
     queries = read_data_file(query_file, Path(query_root) if query_root is not None else Path(ip.image_root), ip.delimiter)
 
-    entries = _entries(gallery)
+    entries = gallery.entries()
     label_of = {i: label for i, label, _ in entries}
     label_counts = Counter(label for _, label, _ in entries)
     image_root = Path(ip.image_root)
@@ -316,17 +321,9 @@ def _entry_key(entry: GalleryEntry, delimiter: str) -> tuple[str, str | None]:
     return _key(entry.line, delimiter)
 
 
-def _entries(gallery: GalleryIndex) -> list[tuple[int, str, str]]:
-    """(id, label, stored line) of every entry.
-
-    GalleryIndex has no public accessor for its lines yet; this is the one place that reads them.
-    """
-    return list(zip(gallery.ids.tolist(), gallery._labels, gallery._documents))  # noqa: SLF001
-
-
 def _stored_keys(gallery: GalleryIndex, delimiter: str) -> dict[tuple[str, str | None], list[int]]:
     stored: dict[tuple[str, str | None], list[int]] = {}
-    for i, _, line in _entries(gallery):
+    for i, _, line in gallery.entries():
         stored.setdefault(_key(line, delimiter), []).append(i)
     return stored
 
@@ -366,7 +363,7 @@ def _locked(index_dir: Path) -> Iterator[None]:
 
 
 def _summary(index_dir: Path, gallery: GalleryIndex, operation: str, *, changed: int, embedded: int = 0) -> GallerySummary:
-    labels = len({label for _, label, _ in _entries(gallery)})
+    labels = len({label for _, label, _ in gallery.entries()})
     return GallerySummary(index_dir, gallery.size, labels, gallery.version, operation, changed, embedded)
 
 
