@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -105,6 +105,65 @@ class RedisSection(Section):
     key_prefix: str = Field("vidrec", min_length=1)
 
 
+class LiveSection(Section):
+    """vidrec: how live sources (RTSP cameras) connect, time out and reconnect (stream/live.py LiveOptions)."""
+
+    open_timeout_s: float = Field(5.0, gt=0, le=300, description="Connect + probe timeout per attempt.")
+    read_timeout_s: float = Field(3.0, gt=0, le=300, description="A read with no data for this long ends the connection (a silent server).")
+    stall_after_s: float = Field(2.0, gt=0, le=300, description="No frame for this long: the stream is 'stalled' (watchdog).")
+    first_frame_timeout_s: float = Field(5.0, gt=0, le=300, description="Per connection: no decodable frame this long after connecting gives it up.")
+    backoff_initial_s: float = Field(0.5, gt=0, le=300, description="First reconnect delay; doubles per failed attempt.")
+    backoff_max_s: float = Field(5.0, gt=0, le=3600, description="Longest reconnect delay.")
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> "LiveSection":
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError(f"backoff_max_s ({self.backoff_max_s}) must be >= backoff_initial_s ({self.backoff_initial_s})")
+        return self
+
+
+class ServiceSection(Section):
+    """vidrec: the live service (`vidrec serve`): processes, batching, queues and the HTTP API."""
+
+    ingest_processes: int = Field(2, ge=1, le=64, description="Decode processes; each stream goes to the one with the fewest streams.")
+    max_streams: int = Field(16, ge=1, le=1024, description="Most streams at once (sizes the frame queue); adding more is refused.")
+    slots_per_stream: int = Field(4, ge=2, le=64, description="Shared-memory frame slots per stream.")
+    max_frame_bytes: int = Field(1920 * 1080 * 3, ge=1, description="Initial slot size (BGR bytes); larger frames grow the slots.")
+    max_batch: int = Field(4, ge=1, le=256, description="Most frames in one inference batch, across streams.")
+    max_batch_wait_ms: float = Field(10.0, ge=0, le=10_000, description="A batch closes when its oldest frame waited this long, full or not.")
+    staleness_ms: float = Field(100.0, ge=0, le=60_000, description="A frame that waited this long goes into the next batch before any other.")
+    live_backlog: int = Field(2, ge=1, le=64, description="Newest frames a live stream keeps waiting for inference; older ones are dropped and counted.")
+    live_max_age_ms: float = Field(1000.0, gt=0, le=600_000, description="A live frame older than this (since capture) when its batch starts is dropped and counted.")
+    sink_queue_size: int = Field(1000, ge=1, le=10_000_000, description="Results waiting per sink; when full the oldest is dropped and counted.")
+    sink_close_timeout_s: float = Field(15.0, gt=0, le=3600, description="At shutdown, how long each sink may take to deliver what waits.")
+    drain_timeout_s: float = Field(30.0, gt=0, le=3600, description="At shutdown, how long in-flight frames may take to reach inference.")
+    startup_timeout_s: float = Field(300.0, gt=0, le=3600, description="How long the inference worker may take to load its models.")
+    stats_interval_s: float = Field(0.5, gt=0, le=60, description="How often workers report states and counters.")
+    http_host: str = Field("127.0.0.1", min_length=1, description="HTTP API address (--http HOST:PORT).")
+    http_port: int | None = Field(None, ge=0, le=65535, description="HTTP API port; null: no HTTP API.")
+    api_token_env: str = Field("VIDREC_API_TOKEN", min_length=1, description="Environment variable holding the bearer token for POST/DELETE.")
+    live: LiveSection = Field(default_factory=LiveSection)
+
+    @model_validator(mode="after")
+    def _wait_order(self) -> "ServiceSection":
+        if self.staleness_ms < self.max_batch_wait_ms:
+            raise ValueError(f"staleness_ms ({self.staleness_ms}) must be >= max_batch_wait_ms ({self.max_batch_wait_ms})")
+        return self
+
+
+STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+
+
+class StreamSpec(Section):
+    """vidrec: one input of `vidrec serve`: a camera URL (rtsp://...) or a file, image or folder path."""
+
+    id: str = Field(pattern=STREAM_ID_PATTERN, description="Stream id: results' stream_id and Kafka key (letters, digits, . _ : -).")
+    url: str = Field(min_length=1, description="rtsp://, http(s)://... for a camera; a path (or file://) for a file, image or folder.")
+    every_nth: int = Field(1, ge=1, le=10_000, description="Process every Nth decoded frame.")
+    kind: Literal["auto", "live", "file"] = Field("auto", description="auto: live for network URLs, file for paths. live drops old frames, file loses none.")
+    clock_stamp: bool = Field(False, description="Frames carry a wall-clock stamp in their pixels (the test server's /clock): results get latency_ms.camera.")
+
+
 class VidrecConfig(Section):
     Global: GlobalSection = Field(default_factory=GlobalSection)
     DetPreProcess: TransformOps | None = Field(None, description="Accepted for inference_general.yaml compatibility; the detector's preprocessing comes with its model.")
@@ -117,3 +176,15 @@ class VidrecConfig(Section):
     Video: VideoSection = Field(default_factory=VideoSection)
     Kafka: KafkaSection = Field(default_factory=KafkaSection)
     Redis: RedisSection = Field(default_factory=RedisSection)
+    Service: ServiceSection = Field(default_factory=ServiceSection)
+    streams: list[StreamSpec] = Field(default_factory=list, description="Inputs of `vidrec serve` (more with --stream and the HTTP API).")
+
+    @field_validator("streams")
+    @classmethod
+    def _unique_ids(cls, streams: list[StreamSpec]) -> list[StreamSpec]:
+        seen: set[str] = set()
+        for spec in streams:
+            if spec.id in seen:
+                raise ValueError(f"duplicate stream id {spec.id!r}")
+            seen.add(spec.id)
+        return streams

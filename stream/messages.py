@@ -12,6 +12,9 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 
+# What a live service knows about a stream's health (stream/live.py SourceState values).
+STREAM_STATES: tuple[str, ...] = ("starting", "live", "stalled", "reconnecting", "ended", "failed")
+
 
 @dataclass(frozen=True, slots=True)
 class ObjectResult:
@@ -42,7 +45,8 @@ class FrameResult:
 
     ``capture_time`` is wall-clock Unix seconds when the frame was decoded; ``pts`` media seconds.
     ``latency_ms`` holds stage times in milliseconds (decode, detect, recognize, search, ...) and
-    ``total`` (capture → result ready).
+    ``total`` (capture → result ready). ``stream_state`` (optional, one of ``STREAM_STATES``) is the
+    stream's state when the result was made, set by the live service; None (left out of the JSON) otherwise.
     """
 
     stream_id: str
@@ -55,10 +59,13 @@ class FrameResult:
     objects: tuple[ObjectResult, ...]
     gallery_version: int | None = None
     schema_version: int = field(default=SCHEMA_VERSION)
+    stream_state: str | None = None
 
     def __post_init__(self) -> None:
         if "total" not in self.latency_ms:
             raise ValueError(f"FrameResult.latency_ms needs a 'total', got keys {sorted(self.latency_ms)}")
+        if self.stream_state is not None and self.stream_state not in STREAM_STATES:
+            raise ValueError(f"FrameResult.stream_state must be None or one of {STREAM_STATES}, got {self.stream_state!r}")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -72,6 +79,8 @@ class FrameResult:
             for obj in data["objects"]
         ]
         data["latency_ms"] = {k: round(float(v), 3) for k, v in self.latency_ms.items()}
+        if data["stream_state"] is None:
+            del data["stream_state"]  # optional: messages without it stay byte-identical to before
         return data
 
     def to_json(self) -> str:

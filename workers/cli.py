@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--stream-id", help="stream id in results (default: input file name)")
     video.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar (default: on a terminal)")
 
+    serve = commands.add_parser("serve", help="the live service: many cameras and files at once, results to Kafka/Redis")
+    _add_config_args(serve)
+    from workers.serve_cmd import add_serve_arguments
+
+    add_serve_arguments(serve)
+
     gallery = commands.add_parser("gallery", help="manage the gallery index")
     gallery_cmds = gallery.add_subparsers(dest="gallery_command", required=True)
     gallery_help = {
@@ -105,6 +111,19 @@ def _cmd_video(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from workers.serve_cmd import run_serve
+    from workers.supervisor import ServiceError
+
+    try:
+        return run_serve(args, log_level=logging.DEBUG if args.verbose else logging.INFO)
+    except ServiceError as exc:
+        if os.environ.get("VIDREC_DEBUG"):
+            raise
+        print(f"vidrec: error: {exc}", file=sys.stderr)
+        return 1
+
+
 def _cmd_gallery(args: argparse.Namespace) -> int:
     from workers.gallery_job import run_gallery_command
 
@@ -145,7 +164,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"video": _cmd_video, "gallery": _cmd_gallery, "models": _cmd_models, "config": _cmd_config}
+COMMANDS = {"video": _cmd_video, "serve": _cmd_serve, "gallery": _cmd_gallery, "models": _cmd_models, "config": _cmd_config}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,448 @@
+"""The inference process of `vidrec serve`: frames of every stream → batches → detector → recognizer →
+gallery search → one result per frame → the sinks, asynchronously.
+
+One process per accelerator (this version runs one: the CPU, or the GPU ``Global.use_gpu`` picks). It owns the
+only ``FrameConsumer`` of the frame queue, the ``Batcher``, the ``ShituSystem`` and one ``AsyncSink`` per sink.
+
+The loop: take every frame ref that is ready (each one claims its shared-memory slot: a lease), add it to the
+batcher, run the batch that is due, release the batch's slots, hand the results to the sinks, repeat.
+
+- Live streams never queue stale frames here either: a live stream keeps at most ``live_backlog`` frames
+  waiting for a batch (older ones are released unprocessed and counted ``dropped_backlog``), and a live frame
+  older than ``live_max_age_s`` when its batch starts is released and counted ``dropped_too_old``. The
+  transport already overwrites the oldest frames of a live ring that inference has not taken yet. File
+  streams lose nothing.
+- The batcher closes a batch at ``max_batch`` frames or when its oldest frame waited ``max_wait_s`` and puts a
+  frame that waited ``staleness_s`` first: a camera that pauses around a keyframe never holds back the others.
+- Per stream, results leave in frame order: batches take each stream's frames in order and run one after
+  another, each sink writes from one FIFO queue, and Kafka is keyed by stream id.
+- Each result carries ``latency_ms``: ``decode``, ``queue`` (capture → batch start), ``detect``,
+  ``recognize``, ``search``, ``post``, ``total`` (capture → handed to the sinks) and, for ``clock_stamp``
+  streams, ``camera`` (the wall-clock stamp in the pixels → capture); and the stream's state
+  (``stream_state``) as the supervisor last reported it.
+- The gallery is reloaded between batches when a new version is saved (``GalleryWatcher``).
+- Model or sink errors are counted and logged once per kind; they never end the process.
+
+Control (from the supervisor): ``StreamAdded`` (the plan: live or file, clock stamp), ``StreamState``,
+``Drain`` (the ingest processes have stopped: process every frame still on the queue, close the sinks,
+report, exit). Reports: ``InferenceReady`` / ``InferenceFatal`` at start, ``InferenceStats`` every
+``stats_interval_s``, ``StreamFinished`` when a stream's end-of-stream came and its last frame was handed to the
+sinks, ``InferenceExited`` with the final counters.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue as queue_mod
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from config import ConfigError, VidrecConfig
+from models.errors import GalleryError, ModelError
+from stream.clockcode import decode_clock
+from stream.errors import SinkError, SourceError
+from stream.sinks.async_sink import AsyncSink
+from stream.transport import EndOfStream, FrameConsumer, FrameLease, ProducerDiedError, StreamCounters
+from workers.batcher import Batcher
+from workers.ingest import StreamPlan, setup_child
+from workers.video_job import VideoOutputs, gallery_watcher, open_sinks, to_results
+
+log = logging.getLogger(__name__)
+
+STARTUP_ERRORS = (ConfigError, ModelError, GalleryError, SourceError, SinkError)
+_LATENCY_WINDOW = 512
+
+
+# ------------------------------------------------------------------------------------------- messages -----
+@dataclass(frozen=True, slots=True)
+class InferenceSettings:
+    run_id: str
+    max_batch: int
+    max_wait_s: float
+    staleness_s: float
+    live_backlog: int
+    live_max_age_s: float
+    sink_queue_size: int
+    sink_close_timeout_s: float
+    stats_interval_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class StreamAdded:
+    plan: StreamPlan
+
+
+@dataclass(frozen=True, slots=True)
+class StreamState:
+    stream_id: str
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceReady:
+    pid: int
+    gallery_version: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceFatal:
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInference:
+    """One stream's counters in the inference process. ``taken``: frames claimed from the ring;
+    ``processed``: run through the models and handed to the sinks; the rest were dropped (``dropped_backlog``,
+    ``dropped_too_old``) or failed (``errors``). ``latency_ms``: p50/p99 of ``total`` (and ``e2e`` = camera +
+    total for clock-stamped streams) over recent results; ``last``: the last result's latency_ms."""
+
+    taken: int
+    processed: int
+    dropped_backlog: int
+    dropped_too_old: int
+    errors: int
+    latency_ms: dict[str, float]
+    last: dict[str, float]
+    ended: bool
+    final_transport: StreamCounters | None
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceStats:
+    streams: dict[str, StreamInference]
+    sinks: list[dict[str, Any]]
+    sink_streams: dict[str, dict[str, dict[str, int]]]  # sink name -> stream -> written/dropped/errors
+    batches: int
+    frames: int
+    gallery_version: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFinished:
+    stream_id: str
+    counters: StreamInference
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceExited:
+    stats: InferenceStats
+    sinks_clean: bool
+
+
+# ------------------------------------------------------------------------------------------- worker -------
+@dataclass(slots=True)
+class _Item:
+    stream_id: str
+    lease: FrameLease
+    arrived: float  # monotonic
+
+
+@dataclass
+class _Stream:
+    plan: StreamPlan | None
+    state: str | None = None
+    taken: int = 0
+    processed: int = 0
+    dropped_backlog: int = 0
+    dropped_too_old: int = 0
+    errors: int = 0
+    ended: bool = False
+    final_transport: StreamCounters | None = None
+    totals: deque = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
+    e2e: deque = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
+    last: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def live(self) -> bool:
+        return self.plan is not None and self.plan.kind == "live"
+
+    def snapshot(self) -> StreamInference:
+        latency: dict[str, float] = {}
+        for name, window in (("total", self.totals), ("e2e", self.e2e)):
+            if window:
+                values = sorted(window)
+                latency[f"{name}_p50"] = round(values[len(values) // 2], 1)
+                latency[f"{name}_p99"] = round(values[min(len(values) - 1, int(len(values) * 0.99))], 1)
+        return StreamInference(
+            taken=self.taken, processed=self.processed, dropped_backlog=self.dropped_backlog,
+            dropped_too_old=self.dropped_too_old, errors=self.errors, latency_ms=latency,
+            last={k: round(v, 2) for k, v in self.last.items()}, ended=self.ended, final_transport=self.final_transport,
+        )
+
+
+class InferenceWorker:
+    """Builds the system and the sinks (raising a user error when it cannot), then ``run`` loops."""
+
+    def __init__(self, settings: InferenceSettings, cfg: VidrecConfig, frames_queue: Any, status_queue: Any) -> None:
+        from workers.system import build_system  # heavy imports: only in the inference process
+
+        self.settings = settings
+        self._frames_queue = frames_queue
+        self._status = status_queue
+        self.system = build_system(cfg)
+        self.class_names = self.system.detector.class_names
+        self.watcher = gallery_watcher(cfg, self.system)
+        self._warm_up()
+        sinks = open_sinks(cfg, VideoOutputs())
+        for sink in sinks:
+            if hasattr(sink, "flush_timeout_s"):
+                sink.flush_timeout_s = settings.sink_close_timeout_s
+        self.sinks = [AsyncSink(sink, name=_sink_name(sink), max_queue=settings.sink_queue_size) for sink in sinks]
+        self.batcher: Batcher[_Item] = Batcher(
+            settings.max_batch, settings.max_wait_s, settings.staleness_s, key=lambda item: item.stream_id
+        )
+        self.streams: dict[str, _Stream] = {}
+        self._ending: set[str] = set()
+        self._batches = 0
+        self._frames = 0
+        self._error_kinds: set[str] = set()
+        self._draining = False
+        self._next_stats = 0.0
+
+    @property
+    def gallery_version(self) -> int | None:
+        gallery = self.system.gallery
+        return None if gallery is None else gallery.version
+
+    def _warm_up(self) -> None:
+        """One small and one full batch, so the first camera frames do not pay for the runtime's first runs."""
+        image = np.zeros((360, 640, 3), np.uint8)
+        self.system.run([image])
+        self.system.run([image] * self.settings.max_batch)
+
+    # -- main loop -------------------------------------------------------------------------------------------
+    def run(self, control_queue: Any) -> InferenceExited:
+        parent = os.getppid()
+        consumer = FrameConsumer(self._frames_queue, run_id=self.settings.run_id, poll_s=0.25)
+        try:
+            while True:
+                self._handle_control(control_queue)
+                if os.getppid() != parent and not self._draining:
+                    log.error("supervisor is gone: draining and stopping")
+                    self._draining = True
+                now = time.monotonic()
+                due = self.batcher.deadline(now)
+                timeout = 0.0 if due <= now else min(due - now, 0.05)
+                if self._draining and not len(self.batcher):
+                    timeout = 0.3  # the ingest processes have stopped: whatever is left is on the queue now
+                got = self._receive(consumer, timeout)
+                batch = self.batcher.next_batch()
+                if batch:
+                    self._run_batch(batch)
+                self._finish_streams()
+                self._maybe_report()
+                if self._draining and got == 0 and not len(self.batcher):
+                    break
+        finally:
+            for item in self.batcher.drain():  # only after an error: a normal drain leaves none
+                item.lease.release()
+            consumer.close()
+        clean = True
+        for sink in self.sinks:
+            clean = sink.close(self.settings.sink_close_timeout_s) and clean
+        self._finish_streams()
+        return InferenceExited(self._stats(), clean)
+
+    def _handle_control(self, control_queue: Any) -> None:
+        while True:
+            try:
+                message = control_queue.get_nowait()
+            except queue_mod.Empty:
+                return
+            if isinstance(message, StreamAdded):
+                plan = message.plan
+                old = self.streams.get(plan.id)
+                if old is not None and not old.ended and old.plan is None:
+                    old.plan = plan  # frames came before the plan did
+                else:
+                    self.streams[plan.id] = _Stream(plan=plan, state="starting")
+                    self._ending.discard(plan.id)
+            elif isinstance(message, StreamState):
+                info = self.streams.get(message.stream_id)
+                if info is not None:
+                    info.state = message.state
+            elif isinstance(message, Drain):
+                self._draining = True
+            else:
+                log.warning("unexpected control message %r ignored", type(message).__name__)
+
+    def _stream(self, stream_id: str) -> _Stream:
+        info = self.streams.get(stream_id)
+        if info is None:
+            # A frame before its plan: treated as a file stream (nothing dropped) until the plan comes.
+            info = self.streams[stream_id] = _Stream(plan=None)
+        return info
+
+    def _receive(self, consumer: FrameConsumer, timeout_s: float) -> int:
+        """Take everything ready (waiting up to ``timeout_s`` for the first); returns how many items came."""
+        got = 0
+        wait = timeout_s
+        while got < 256:
+            try:
+                item = consumer.receive(timeout_s=wait)
+            except ProducerDiedError as exc:
+                log.error("%s", exc)
+                info = self._stream(exc.stream_id)
+                info.ended = True
+                self._ending.add(exc.stream_id)
+                got += 1
+                continue
+            if item is None:
+                return got
+            got += 1
+            wait = 0.0
+            if isinstance(item, EndOfStream):
+                info = self._stream(item.stream_id)
+                info.ended = True
+                info.final_transport = item.counters
+                self._ending.add(item.stream_id)
+                continue
+            self._accept(item)
+        return got
+
+    def _accept(self, lease: FrameLease) -> None:
+        sid = lease.ref.stream_id
+        info = self._stream(sid)
+        info.taken += 1
+        now = time.monotonic()
+        backlog = self.settings.live_backlog
+        if info.live and self.batcher.pending(sid) >= backlog:
+            waiting = self.batcher.remove_stream(sid)
+            keep = waiting[len(waiting) - (backlog - 1):] if backlog > 1 else []
+            for old in waiting[: len(waiting) - len(keep)]:
+                old.lease.release()
+                info.dropped_backlog += 1
+            for item in keep:
+                self.batcher.add(item, now=item.arrived)
+        self.batcher.add(_Item(sid, lease, now), now=now)
+
+    def _run_batch(self, batch: list[_Item]) -> None:
+        started = time.time()
+        fresh: list[_Item] = []
+        for item in batch:
+            info = self.streams[item.stream_id]
+            if info.live and started - item.lease.ref.capture_time > self.settings.live_max_age_s:
+                item.lease.release()
+                info.dropped_too_old += 1
+            else:
+                fresh.append(item)
+        if not fresh:
+            return
+        if self.watcher is not None:
+            gallery = self.watcher.poll()  # between batches: one batch, one gallery version
+            if gallery is not None:
+                self.system.set_gallery(gallery)
+                log.info("gallery version %d loaded", gallery.version)
+        results = None
+        frames = [item.lease.frame(copy=False) for item in fresh]
+        try:
+            stamps = [
+                decode_clock(frame.image_bgr) if (plan := self.streams[frame.stream_id].plan) and plan.clock_stamp else None
+                for frame in frames
+            ]
+            recognition = self.system.run([frame.image_bgr for frame in frames])
+            results = to_results(frames, recognition, self.class_names)
+        except Exception as exc:  # noqa: BLE001 - one bad batch must not stop every camera
+            self._count_error(fresh, exc)
+        finally:
+            del frames  # the pixel views must be gone before their slots are released
+            for item in fresh:
+                item.lease.release()
+        if results is None:
+            return
+        self._batches += 1
+        handed = time.time()
+        for item, result, stamp in zip(fresh, results, stamps):
+            info = self.streams[item.stream_id]
+            latency = result.latency_ms
+            capture = result.capture_time
+            latency["queue"] = max(0.0, (started - capture) * 1000.0)
+            latency["total"] = max(0.0, (handed - capture) * 1000.0)
+            if stamp is not None:
+                latency["camera"] = max(0.0, capture * 1000.0 - stamp)
+                info.e2e.append(latency["camera"] + latency["total"])
+            result = replace(result, stream_state=info.state)
+            for sink in self.sinks:
+                sink.write(result)
+            info.processed += 1
+            info.totals.append(latency["total"])
+            info.last = dict(latency)
+            self._frames += 1
+
+    def _count_error(self, items: list[_Item], exc: Exception) -> None:
+        kind = type(exc).__name__
+        for item in items:
+            self.streams[item.stream_id].errors += 1
+        if kind not in self._error_kinds:
+            self._error_kinds.add(kind)
+            log.error("inference failed on a batch of %d frame(s) (%s: %s); further %s errors are only counted",
+                      len(items), kind, exc, kind, exc_info=exc)
+
+    def _finish_streams(self) -> None:
+        for sid in [sid for sid in self._ending if not self.batcher.pending(sid)]:
+            self._ending.discard(sid)
+            info = self.streams.get(sid)
+            if info is not None:
+                self._status.put(StreamFinished(sid, info.snapshot()))
+
+    def _stats(self) -> InferenceStats:
+        sink_stats = [sink.stats() for sink in self.sinks]
+        return InferenceStats(
+            streams={sid: info.snapshot() for sid, info in self.streams.items()},
+            sinks=[s.to_dict() for s in sink_stats],
+            sink_streams={s.name: s.per_stream for s in sink_stats},
+            batches=self._batches,
+            frames=self._frames,
+            gallery_version=self.gallery_version,
+        )
+
+    def _maybe_report(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_stats:
+            self._next_stats = now + self.settings.stats_interval_s
+            self._status.put(self._stats())
+
+
+def _sink_name(sink: Any) -> str:
+    name = type(sink).__name__.removesuffix("Sink").lower()
+    return name or type(sink).__name__
+
+
+def inference_main(
+    settings: InferenceSettings,
+    cfg: VidrecConfig,
+    frames_queue: Any,
+    control_queue: Any,
+    status_queue: Any,
+    log_level: int = logging.INFO,
+) -> None:
+    """Entry point of the inference process (multiprocessing 'spawn')."""
+    setup_child("inference", log_level)
+    try:
+        worker = InferenceWorker(settings, cfg, frames_queue, status_queue)
+    except STARTUP_ERRORS as exc:
+        status_queue.put(InferenceFatal(str(exc)))
+        status_queue.close()
+        status_queue.join_thread()
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - reported to the supervisor, which exits with it
+        log.exception("inference worker failed to start")
+        status_queue.put(InferenceFatal(f"inference worker failed to start: {type(exc).__name__}: {exc}"))
+        status_queue.close()
+        status_queue.join_thread()
+        sys.exit(1)
+    status_queue.put(InferenceReady(os.getpid(), worker.gallery_version))
+    exited = worker.run(control_queue)
+    status_queue.put(exited)
+    status_queue.close()
+    status_queue.join_thread()

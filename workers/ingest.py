@@ -1,0 +1,372 @@
+"""The ingest process of `vidrec serve`: decodes its streams and writes their frames into shared memory.
+
+One process serves several streams, one thread each (PyAV releases the GIL while it decodes). A thread owns
+its stream's source and its ``FrameProducer`` (stream/transport.py): pixels go into the stream's slot ring,
+only a small ``FrameRef`` goes on the frame queue that the inference process reads.
+
+- Live streams (``LiveSource``, stream/live.py): reconnect with backoff, watchdog, states. The ring is the
+  ``live`` policy: when inference falls behind, the oldest unread frame is overwritten and counted; a live
+  thread calls ``pump()`` while its camera is quiet so refs that found no room go out.
+- File streams (``open_source``, stream/sources.py): the ``file`` policy waits for a free slot, so no frame is
+  lost (``every_nth`` samples); at the end the producer puts an ``EndOfStream`` and the stream is ``ended``.
+
+The supervisor talks to the process through a control queue (``AddStream``, ``RemoveStream``, ``StopIngest``)
+and hears back on the shared status queue: every state change at once (``StreamStateChanged``), counters of
+all streams every ``stats_interval_s`` (``IngestStats``), ``StreamRemoved`` once a removed stream's thread has
+finished, and ``IngestExited`` at the end. Signals are left to the supervisor (SIGINT and SIGTERM are
+ignored here, so a Ctrl-C or a process-group TERM cannot cut a drain short); the process also stops by
+itself when its parent dies.
+
+Stopping (``StopIngest``): every source is closed, then every producer ends: it announces what is pending
+and gives inference up to the drain timeout to take what is written (the frames in flight) before its
+``EndOfStream``. ``StopIngest(abort=True)`` does not wait.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue as queue_mod
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from stream.errors import SourceError
+from stream.live import LiveOptions, LiveSource, SourceState, redact
+from stream.sources import open_source
+from stream.transport import FrameProducer, StreamCounters, TransportError
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["live", "file"]
+# URL schemes that name a network source (decoded live); anything else is a path.
+LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp"})
+
+
+def resolve_kind(url: str, kind: str = "auto") -> Kind:
+    """``live`` for a network URL, ``file`` for a path or file:// URL, unless ``kind`` says which."""
+    if kind in ("live", "file"):
+        return kind  # type: ignore[return-value]
+    scheme = urlsplit(url).scheme.lower()
+    return "live" if scheme in LIVE_SCHEMES else "file"
+
+
+def file_path(url: str) -> str:
+    """The path of a file stream (``file://`` stripped)."""
+    parts = urlsplit(url)
+    return parts.path if parts.scheme == "file" else url
+
+
+# ------------------------------------------------------------------------------------------- messages -----
+@dataclass(frozen=True, slots=True)
+class StreamPlan:
+    """What the workers need to know about one stream (picklable)."""
+
+    id: str
+    url: str
+    kind: Kind
+    every_nth: int = 1
+    clock_stamp: bool = False
+
+    @property
+    def display_url(self) -> str:
+        return redact(self.url)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestSettings:
+    run_id: str
+    slots: int
+    max_frame_bytes: int
+    stats_interval_s: float
+    drain_timeout_s: float
+    live: dict[str, float]  # LiveOptions keyword arguments (LiveOptions itself holds an unpicklable mapping)
+
+
+@dataclass(frozen=True, slots=True)
+class AddStream:
+    plan: StreamPlan
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveStream:
+    stream_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StopIngest:
+    abort: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStateChanged:
+    stream_id: str
+    state: str
+    reason: str | None
+    at: float  # wall clock
+
+
+@dataclass(frozen=True, slots=True)
+class StreamCountersSnapshot:
+    """One stream as its ingest thread sees it. ``decoded``: frames the source decoded (live: including
+    those it dropped before the thread took them: ``dropped_source``); ``skipped``: left out by every_nth;
+    ``transport``: the ring's counters (written, taken by inference, dropped by reason)."""
+
+    state: str
+    reason: str | None
+    decoded: int
+    skipped: int
+    dropped_source: int
+    reconnects: int
+    decode_errors: int
+    last_frame_age_s: float | None
+    frame_count: int | None
+    transport: StreamCounters | None
+
+
+@dataclass(frozen=True, slots=True)
+class IngestStats:
+    process: int
+    pid: int
+    streams: dict[str, StreamCountersSnapshot] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRemoved:
+    stream_id: str
+    final: StreamCountersSnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class IngestExited:
+    process: int
+    streams: dict[str, StreamCountersSnapshot]
+
+
+# ------------------------------------------------------------------------------------------- one stream ---
+class _StreamRunner:
+    """One stream's thread: source → every_nth → producer."""
+
+    def __init__(self, plan: StreamPlan, settings: IngestSettings, frames_queue: Any, status_queue: Any) -> None:
+        self.plan = plan
+        self._settings = settings
+        self._frames_queue = frames_queue
+        self._status = status_queue
+        self.stop = threading.Event()  # stop reading; the producer still drains what is written
+        self.abort = threading.Event()  # stop at once: a file producer waiting for a slot gives up
+        self._lock = threading.Lock()  # producer lifetime vs. counters read by the main thread
+        self._state = "starting"
+        self._reason: str | None = None
+        self._decoded = self._skipped = 0
+        self._last_frame: float | None = None
+        self._frame_count: int | None = None
+        self._source: LiveSource | None = None
+        self._producer: FrameProducer | None = None
+        self._final_transport: StreamCounters | None = None
+        self.thread = threading.Thread(target=self._run, name=f"ingest[{plan.id}]", daemon=True)
+
+    # -- state -----------------------------------------------------------------------------------------------
+    def _set_state(self, state: str, reason: str | None) -> None:
+        with self._lock:
+            if self._state == state and reason is None:
+                return
+            if self._state in ("ended", "failed"):
+                return
+            old = self._state
+            self._state = state
+            if reason is not None:
+                self._reason = reason
+        if self.plan.kind == "file":  # LiveSource logs its own changes
+            log.info("%s: %s -> %s%s", self.plan.id, old, state, f" ({reason})" if reason else "")
+        self._status.put(StreamStateChanged(self.plan.id, state, reason, time.time()))
+
+    def _on_live_state(self, source: LiveSource, old: SourceState, new: SourceState, reason: str | None) -> None:
+        self._set_state(new.value, reason)
+
+    def snapshot(self) -> StreamCountersSnapshot:
+        with self._lock:
+            source = self._source
+            stats = source.stats() if source is not None else None
+            if self._producer is not None:
+                transport = self._producer.counters
+            else:
+                transport = self._final_transport
+            if stats is not None:
+                decoded, dropped, reconnects, errors, age = (
+                    stats.frames, stats.dropped, stats.reconnects, stats.decode_errors, stats.last_frame_age_s)
+            else:
+                decoded, dropped, reconnects, errors = self._decoded, 0, 0, 0
+                age = None if self._last_frame is None else time.monotonic() - self._last_frame
+            return StreamCountersSnapshot(
+                state=self._state, reason=self._reason, decoded=decoded, skipped=self._skipped,
+                dropped_source=dropped, reconnects=reconnects, decode_errors=errors, last_frame_age_s=age,
+                frame_count=self._frame_count, transport=transport,
+            )
+
+    # -- thread ----------------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        plan, settings = self.plan, self._settings
+        try:
+            producer = FrameProducer(
+                self._frames_queue, run_id=settings.run_id, stream_id=plan.id, policy=plan.kind,
+                slots=settings.slots, max_frame_bytes=settings.max_frame_bytes, stop_event=self.abort,
+                drain_timeout_s=settings.drain_timeout_s if plan.kind == "file" else min(1.0, settings.drain_timeout_s),
+            )
+        except TransportError as exc:
+            self._set_state("failed", f"{plan.id}: {exc}")
+            return
+        with self._lock:
+            self._producer = producer
+        try:
+            if plan.kind == "live":
+                self._run_live(producer)
+            else:
+                self._run_file(producer)
+        except SourceError as exc:
+            self._set_state("failed", str(exc))
+        except TransportError as exc:
+            self._set_state("failed", f"{plan.id}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a bug in one stream must not take the others down
+            log.exception("%s: ingest thread failed", plan.id)
+            self._set_state("failed", f"{plan.id}: internal error: {type(exc).__name__}: {exc}")
+        finally:
+            try:  # with ``abort`` set (the producer's stop_event) this does not wait on inference
+                producer.close()
+            except TransportError as exc:
+                log.warning("%s: closing the frame ring: %s", plan.id, exc)
+            with self._lock:
+                self._final_transport = producer.counters
+                self._producer = None
+            if self._state not in ("ended", "failed"):
+                self._set_state("ended", None)
+
+    def _run_live(self, producer: FrameProducer) -> None:
+        plan = self.plan
+        source = LiveSource(plan.url, stream_id=plan.id, options=LiveOptions(**self._settings.live),
+                            on_state=self._on_live_state)
+        with self._lock:
+            self._source = source
+        every_nth = plan.every_nth
+        try:
+            source.start()
+            while not self.stop.is_set():
+                frame = source.read(timeout_s=0.1)  # raises SourceError once the source failed
+                if frame is None:
+                    if source.state in (SourceState.ENDED, SourceState.FAILED):
+                        return
+                    producer.pump()
+                    continue
+                if every_nth > 1 and frame.index % every_nth:
+                    self._skipped += 1
+                    continue
+                producer.send(frame)
+        finally:
+            source.close()
+
+    def _run_file(self, producer: FrameProducer) -> None:
+        plan = self.plan
+        with open_source(file_path(plan.url), stream_id=plan.id, every_nth=plan.every_nth) as source:
+            self._frame_count = source.frame_count
+            for frame in source:
+                if self.stop.is_set():
+                    return
+                self._decoded += 1
+                self._last_frame = time.monotonic()
+                if self._state == "starting":
+                    self._set_state("live", None)
+                if not producer.send(frame):
+                    return  # aborted
+        self._set_state("ended", f"{plan.display_url}: end of file")
+
+
+# ------------------------------------------------------------------------------------------- process ------
+def setup_child(name: str, log_level: int) -> None:
+    # The supervisor coordinates shutdown: a terminal's Ctrl-C or a TERM to the whole process group must not
+    # cut this process's drain short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level=log_level, format=f"vidrec[{name}]: %(message)s", stream=sys.stderr, force=True)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+
+
+def ingest_main(
+    index: int,
+    settings: IngestSettings,
+    frames_queue: Any,
+    control_queue: Any,
+    status_queue: Any,
+    log_level: int = logging.INFO,
+) -> None:
+    """Entry point of ingest process ``index`` (multiprocessing 'spawn')."""
+    setup_child(f"ingest-{index}", log_level)
+    parent = os.getppid()
+    runners: dict[str, _StreamRunner] = {}
+    removing: set[str] = set()
+    next_stats = 0.0
+    tick = min(0.1, settings.stats_interval_s)
+
+    def report() -> None:
+        status_queue.put(IngestStats(index, os.getpid(), {sid: r.snapshot() for sid, r in runners.items()}))
+
+    stopping: StopIngest | None = None
+    while stopping is None:
+        try:
+            message = control_queue.get(timeout=tick)
+        except queue_mod.Empty:
+            message = None
+        if isinstance(message, AddStream):
+            plan = message.plan
+            if plan.id in runners:
+                log.warning("%s: already running here; add ignored", plan.id)
+            else:
+                runner = runners[plan.id] = _StreamRunner(plan, settings, frames_queue, status_queue)
+                runner.thread.start()
+                log.info("%s: added (%s, %s)", plan.id, plan.kind, plan.display_url)
+        elif isinstance(message, RemoveStream):
+            runner = runners.get(message.stream_id)
+            if runner is not None:
+                runner.stop.set()
+                removing.add(message.stream_id)
+            else:
+                status_queue.put(StreamRemoved(message.stream_id, _empty_snapshot()))
+        elif isinstance(message, StopIngest):
+            stopping = message
+        elif message is not None:
+            log.warning("unexpected control message %r ignored", type(message).__name__)
+        for sid in [sid for sid in removing if not runners[sid].thread.is_alive()]:
+            removing.discard(sid)
+            runner = runners.pop(sid)
+            status_queue.put(StreamRemoved(sid, runner.snapshot()))
+            log.info("%s: removed", sid)
+        if os.getppid() != parent:
+            log.error("supervisor is gone: stopping")
+            stopping = StopIngest(abort=True)
+        now = time.monotonic()
+        if now >= next_stats:
+            next_stats = now + settings.stats_interval_s
+            report()
+
+    # Stop: sources first, then each producer drains what it wrote (bounded), in parallel across threads.
+    for runner in runners.values():
+        if stopping.abort:
+            runner.abort.set()
+        runner.stop.set()
+    deadline = time.monotonic() + (1.0 if stopping.abort else settings.drain_timeout_s + 2.0)
+    for runner in runners.values():
+        runner.thread.join(max(0.0, deadline - time.monotonic()))
+        if runner.thread.is_alive():
+            log.warning("%s: still draining at the deadline: aborting it", runner.plan.id)
+            runner.abort.set()
+            runner.thread.join(2.0)
+    for sid in removing:
+        status_queue.put(StreamRemoved(sid, runners[sid].snapshot()))
+    status_queue.put(IngestExited(index, {sid: r.snapshot() for sid, r in runners.items() if sid not in removing}))
+    log.debug("exiting")
+
+
+def _empty_snapshot() -> StreamCountersSnapshot:
+    return StreamCountersSnapshot("ended", None, 0, 0, 0, 0, 0, None, None, None)

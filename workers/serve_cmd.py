@@ -1,0 +1,111 @@
+"""`vidrec serve`: the live service, from the command line's arguments to a running ``Supervisor``.
+
+    vidrec serve [--config F] [-o K=V ...] [--stream ID=URL ...] [--kafka HOST:PORT --topic T] [--redis URL]
+                 [--http HOST:PORT]
+
+Streams come from the config's ``streams`` list and from ``--stream`` (more can be added through the HTTP
+API); sinks and the HTTP address from the config or the flags (the same sink flags as `vidrec video`). The API
+token is read here, once, from the environment variable ``Service.api_token_env`` names.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from config import ConfigError, VidrecConfig, load_config
+from config.schema import StreamSpec
+
+if TYPE_CHECKING:  # the workers (PyAV, models, clients) load only when the command runs
+    from workers.ingest import StreamPlan
+
+log = logging.getLogger("vidrec")
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stream", dest="streams", action="append", default=[], metavar="ID=URL",
+                        help="a camera (rtsp://...) or file to process, e.g. --stream door=rtsp://10.0.0.5/1 (repeatable)")
+    parser.add_argument("--kafka", metavar="HOST:PORT", help="publish results to this Kafka bootstrap server")
+    parser.add_argument("--topic", help="Kafka topic (default: Kafka.topic)")
+    parser.add_argument("--redis", metavar="URL", help="cache results in Redis, e.g. redis://127.0.0.1:6379/0")
+    parser.add_argument("--http", metavar="HOST:PORT",
+                        help="serve the HTTP API here (GET/POST/DELETE /streams, /healthz); default: Service.http_port")
+
+
+@dataclass(frozen=True)
+class ServePlan:
+    cfg: VidrecConfig
+    streams: list["StreamPlan"]
+    http: tuple[str, int] | None
+    api_token: str | None
+
+
+def parse_http(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:8080`` for IPv6) → (host, port)."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"--http {value}: expected HOST:PORT, e.g. 127.0.0.1:8080")
+    return host, int(port)
+
+
+def parse_stream(value: str) -> StreamSpec:
+    from workers.supervisor import spec_error
+
+    stream_id, sep, url = value.partition("=")
+    if not sep or not stream_id or not url:
+        raise ConfigError(f"--stream {value}: expected ID=URL, e.g. --stream door=rtsp://10.0.0.5/stream1")
+    try:
+        return StreamSpec(id=stream_id, url=url)
+    except ValidationError as exc:
+        raise ConfigError(f"--stream {value}: {spec_error(exc)}") from None
+
+
+def plan_service(args: argparse.Namespace) -> ServePlan:
+    from workers.supervisor import plan_from_spec
+
+    cfg = load_config(args.config, args.overrides)
+    if args.topic and not (args.kafka or cfg.Kafka.bootstrap):
+        raise ConfigError("--topic given without --kafka (or Kafka.bootstrap)")
+    if args.kafka:
+        cfg.Kafka.bootstrap = args.kafka
+    if args.topic:
+        try:
+            cfg.Kafka.topic = args.topic
+        except ValidationError as exc:
+            raise ConfigError(f"--topic {args.topic}: {exc.errors()[0]['msg']}") from None
+    if args.redis:
+        cfg.Redis.url = args.redis
+    specs = list(cfg.streams) + [parse_stream(value) for value in args.streams]
+    plans: list["StreamPlan"] = []
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.id in seen:
+            raise ConfigError(f"stream id {spec.id!r} is given twice (config streams and --stream)")
+        seen.add(spec.id)
+        try:
+            plans.append(plan_from_spec(spec))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    if len(plans) > cfg.Service.max_streams:
+        raise ConfigError(f"{len(plans)} streams given but Service.max_streams is {cfg.Service.max_streams}")
+    http = parse_http(args.http) if args.http else (
+        (cfg.Service.http_host, cfg.Service.http_port) if cfg.Service.http_port is not None else None)
+    token = os.environ.get(cfg.Service.api_token_env) or None
+    if not plans and http is None:
+        raise ConfigError("nothing to serve: give --stream ID=URL, a config with streams, or --http to add them later")
+    if not (cfg.Kafka.bootstrap or cfg.Redis.url):
+        log.warning("no sink configured (--kafka / --redis): results are computed and counted, not published")
+    return ServePlan(cfg=cfg, streams=plans, http=http, api_token=token)
+
+
+def run_serve(args: argparse.Namespace, *, log_level: int = logging.INFO) -> int:
+    from workers.supervisor import Supervisor
+
+    plan = plan_service(args)
+    supervisor = Supervisor(plan.cfg, plan.streams, http=plan.http, api_token=plan.api_token, log_level=log_level)
+    return supervisor.run()

@@ -1,0 +1,576 @@
+"""The supervisor of `vidrec serve`: starts, watches, restarts and stops the worker processes.
+
+Process layout (multiprocessing 'spawn', one process tree, so one resource tracker for every shared-memory
+segment, as stream/transport.py requires):
+
+    supervisor (this process: registry of streams, HTTP API thread, signals)
+      ├─ inference      one: FrameConsumer → Batcher → ShituSystem → AsyncSinks (workers/inference.py)
+      └─ ingest-0..N-1  Service.ingest_processes: a thread per stream → FrameProducer (workers/ingest.py)
+
+Queues: one frame queue (refs to shared-memory slots; every producer → the consumer), one control queue per
+child (supervisor → child), one status queue (children → supervisor: states, counters, confirmations). The
+supervisor owns the run id, so it can remove a dead producer's segments (``unlink_stream_segments``) and sweep
+the run's segments at exit (``unlink_run_segments``).
+
+Streams: each goes to the ingest process with the fewest streams. Adding one tells inference its plan (live
+or file) first, then the ingest process; removing one stops its thread, whose producer ends the stream with
+an ``EndOfStream`` after inference took what was written. State changes reported by ingest are forwarded to
+inference, so results carry ``stream_state``.
+
+Failures: an ingest process that dies is started again (backoff 1 s doubling to 30 s); its live streams are
+added again, its unfinished file streams are marked ``failed`` (not replayed: that would publish duplicates).
+If the inference process dies the service cannot go on (the frame queue may be left locked): it stops the
+ingest processes and exits 1 with one line naming the exit code.
+
+Stopping (SIGTERM or SIGINT; a second one stops without draining): the API refuses changes; every ingest
+process closes its sources and ends its producers, which wait (up to ``Service.drain_timeout_s``) for inference
+to take the frames already written; once they have exited (so every ref is on the queue), inference gets
+``Drain``: it processes what is left, hands every result to the sinks, closes them (each flushes, up to
+``Service.sink_close_timeout_s``) and reports its final counters. The supervisor logs them as one JSON line
+(``final: {...}``), sweeps the run's shared memory and returns 0 (1 when a sink could not deliver everything
+or a worker failed).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import queue as queue_mod
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import ValidationError
+
+from config import VidrecConfig
+from config.schema import StreamSpec
+from workers.http_api import ApiError, ApiServer
+from workers.inference import (
+    Drain,
+    InferenceExited,
+    InferenceFatal,
+    InferenceReady,
+    InferenceSettings,
+    InferenceStats,
+    StreamAdded,
+    StreamFinished,
+    StreamInference,
+    StreamState,
+    inference_main,
+)
+from workers.ingest import (
+    AddStream,
+    IngestExited,
+    IngestSettings,
+    IngestStats,
+    RemoveStream,
+    StopIngest,
+    StreamCountersSnapshot,
+    StreamPlan,
+    StreamRemoved,
+    StreamStateChanged,
+    file_path,
+    ingest_main,
+    resolve_kind,
+)
+from stream.transport import make_frame_queue, new_run_id, unlink_run_segments, unlink_stream_segments
+
+log = logging.getLogger("vidrec")
+
+_RESTART_BACKOFF_S = (1.0, 30.0)
+
+
+class ServiceError(Exception):
+    """The service cannot start or go on (a worker failed to start, the HTTP address is taken...): one line."""
+
+
+def plan_from_spec(spec: StreamSpec) -> StreamPlan:
+    """A validated stream spec as the workers' plan; a file stream's path must exist."""
+    kind = resolve_kind(spec.url, spec.kind)
+    if kind == "file" and not Path(file_path(spec.url)).exists():
+        raise ValueError(f"stream {spec.id!r}: {file_path(spec.url)}: no such file or directory")
+    return StreamPlan(id=spec.id, url=spec.url, kind=kind, every_nth=spec.every_nth, clock_stamp=spec.clock_stamp)
+
+
+def spec_error(exc: ValidationError) -> str:
+    """A pydantic error on a stream spec as one line naming the field."""
+    error = exc.errors()[0]
+    where = ".".join(str(p) for p in error["loc"]) or "stream"
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = f"unknown field (allowed: {', '.join(StreamSpec.model_fields)})"
+    elif error["type"] == "missing":
+        message = "missing"
+    return f"{where}: {message}"
+
+
+@dataclass
+class _Entry:
+    plan: StreamPlan
+    ingest: int
+    state: str = "starting"
+    reason: str | None = None
+    since: float = field(default_factory=time.time)
+    removing: bool = False
+    ingest_stats: StreamCountersSnapshot | None = None
+    inference: StreamInference | None = None
+
+
+@dataclass
+class _Child:
+    name: str
+    process: Any
+    control: Any
+    restarts: int = 0
+    restart_at: float | None = None
+
+
+class Supervisor:
+    def __init__(
+        self,
+        cfg: VidrecConfig,
+        plans: list[StreamPlan],
+        *,
+        http: tuple[str, int] | None = None,
+        api_token: str | None = None,
+        log_level: int = logging.INFO,
+    ) -> None:
+        self.cfg = cfg
+        self.service = cfg.Service
+        self._initial = plans
+        self._http_addr = http
+        self._api_token = api_token
+        self._log_level = log_level
+        self._ctx = mp.get_context("spawn")
+        self.run_id = new_run_id()
+        self._lock = threading.RLock()
+        self._streams: dict[str, _Entry] = {}
+        self._stop = threading.Event()
+        self._abort = False
+        self._phase = "starting"  # starting | serving | draining | stopped
+        self._exit_code = 0
+        self._failure: str | None = None
+        self._inference: _Child | None = None
+        self._ingest: list[_Child] = []
+        self._inference_stats: InferenceStats | None = None
+        self._inference_exit: InferenceExited | None = None
+        self._ingest_exited: set[int] = set()
+        self._ready: InferenceReady | None = None
+        self._fatal: str | None = None
+        self._api: ApiServer | None = None
+        svc = self.service
+        self._ingest_settings = IngestSettings(
+            run_id=self.run_id, slots=svc.slots_per_stream, max_frame_bytes=svc.max_frame_bytes,
+            stats_interval_s=svc.stats_interval_s, drain_timeout_s=svc.drain_timeout_s,
+            live=svc.live.model_dump(),
+        )
+        self._inference_settings = InferenceSettings(
+            run_id=self.run_id, max_batch=svc.max_batch, max_wait_s=svc.max_batch_wait_ms / 1000.0,
+            staleness_s=svc.staleness_ms / 1000.0, live_backlog=svc.live_backlog,
+            live_max_age_s=svc.live_max_age_ms / 1000.0, sink_queue_size=svc.sink_queue_size,
+            sink_close_timeout_s=svc.sink_close_timeout_s, stats_interval_s=svc.stats_interval_s,
+        )
+
+    # ================================================================================ lifecycle ==========
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; returns the exit code. Raises ServiceError when it cannot start."""
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        self._frames = make_frame_queue(self._ctx, streams=self.service.max_streams, slots=self.service.slots_per_stream)
+        self._status = self._ctx.Queue()
+        try:
+            if self._http_addr is not None:
+                host, port = self._http_addr
+                try:
+                    self._api = ApiServer(host, port, self, token=self._api_token)
+                except OSError as exc:
+                    raise ServiceError(f"cannot serve the HTTP API on {host}:{port}: {exc.strerror or exc}") from None
+                self._api.start()
+                log.info("HTTP API on http://%s:%d", *self._api.address)
+            if not self._start_inference():
+                return self._finish()
+            for index in range(self.service.ingest_processes):
+                self._ingest.append(self._spawn_ingest(index))
+            with self._lock:
+                for plan in self._initial:
+                    self._add(plan)
+                self._phase = "serving"
+            log.info("serving %d stream(s) with %d ingest process(es) (run %s)",
+                     len(self._initial), len(self._ingest), self.run_id)
+            while not self._stop.is_set():
+                self._pump(0.1)
+                self._watch_children()
+            return self._finish()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self._cleanup()
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self._stop.is_set():
+            if not self._abort:
+                self._abort = True
+                log.warning("%s again: stopping without draining", signal.Signals(signum).name)
+            return
+        log.info("%s: stopping (draining in-flight frames to the sinks)", signal.Signals(signum).name)
+        self._stop.set()
+
+    def _start_inference(self) -> bool:
+        """Start the inference process and wait for its models and sinks; False when a signal came first."""
+        control = self._ctx.Queue()
+        process = self._ctx.Process(
+            target=inference_main, name="vidrec-inference",
+            args=(self._inference_settings, self.cfg, self._frames, control, self._status, self._log_level),
+            daemon=True,
+        )
+        process.start()
+        self._inference = _Child("inference", process, control)
+        deadline = time.monotonic() + self.service.startup_timeout_s
+        while self._ready is None:
+            self._pump(0.1)
+            if self._fatal is not None:
+                process.join(5.0)
+                raise ServiceError(self._fatal)
+            if self._ready is not None:
+                break
+            if not process.is_alive():
+                self._pump(0.2)
+                if self._fatal is not None:
+                    raise ServiceError(self._fatal)
+                raise ServiceError(f"inference worker exited with code {process.exitcode} while starting")
+            if self._stop.is_set():
+                return False
+            if time.monotonic() > deadline:
+                raise ServiceError(f"inference worker not ready within Service.startup_timeout_s={self.service.startup_timeout_s:g}s")
+        log.info("inference ready (pid %d%s)", self._ready.pid,
+                 "" if self._ready.gallery_version is None else f", gallery version {self._ready.gallery_version}")
+        return True
+
+    def _spawn_ingest(self, index: int, restarts: int = 0) -> _Child:
+        control = self._ctx.Queue()
+        process = self._ctx.Process(
+            target=ingest_main, name=f"vidrec-ingest-{index}",
+            args=(index, self._ingest_settings, self._frames, control, self._status, self._log_level),
+            daemon=True,
+        )
+        process.start()
+        return _Child(f"ingest-{index}", process, control, restarts=restarts)
+
+    def _finish(self) -> int:
+        """Drain and stop every child; log the final counters; returns the exit code."""
+        with self._lock:
+            self._phase = "draining"
+        abort = self._abort
+        started = time.monotonic()
+        for child in self._ingest:
+            if child.process.is_alive():
+                child.control.put(StopIngest(abort=abort))
+        ingest_deadline = started + (2.0 if abort else self.service.drain_timeout_s + 10.0)
+        self._wait(lambda: all(not c.process.is_alive() for c in self._ingest), ingest_deadline)
+        for child in self._ingest:
+            if child.process.is_alive():
+                log.warning("%s did not stop in time: killed", child.name)
+                child.process.kill()
+            child.process.join(2.0)
+        inference = self._inference
+        if inference is not None and self._ready is None and inference.process.is_alive():
+            inference.process.kill()  # stopped while the models were loading: nothing to drain
+            inference.process.join(5.0)
+        if inference is not None and inference.process.is_alive():
+            inference.control.put(Drain())
+            sinks = 1 + (self.cfg.Kafka.bootstrap is not None) + (self.cfg.Redis.url is not None)
+            deadline = time.monotonic() + (3.0 if abort else 30.0 + sinks * self.service.sink_close_timeout_s)
+            self._wait(lambda: self._inference_exit is not None or not inference.process.is_alive(), deadline)
+            inference.process.join(5.0)
+            if inference.process.is_alive():
+                log.warning("inference did not stop in time: killed")
+                inference.process.kill()
+                inference.process.join(2.0)
+        self._pump(0.0)
+        final = self._snapshot_all()
+        exited = self._inference_exit
+        if exited is not None and not exited.sinks_clean:
+            self._set_failure("a sink did not deliver every result (see sinks in the final counters)")
+        elif exited is None and self._ready is not None and self._failure is None:
+            self._set_failure("inference did not report its final counters")
+        final["exit_code"] = self._exit_code
+        if self._failure:
+            final["failure"] = self._failure
+        log.info("final: %s", json.dumps(final, separators=(",", ":"), default=str))
+        with self._lock:
+            self._phase = "stopped"
+        log.info("stopped after %.1fs of draining", time.monotonic() - started)
+        return self._exit_code
+
+    def _cleanup(self) -> None:
+        if self._api is not None:
+            self._api.close()
+            self._api = None
+        for child in ([self._inference] if self._inference else []) + self._ingest:
+            if child.process.is_alive():
+                child.process.kill()
+                child.process.join(2.0)
+        removed = unlink_run_segments(self.run_id)
+        if removed:
+            log.info("removed %d shared-memory segment(s) left by the workers", len(removed))
+
+    def _set_failure(self, message: str) -> None:
+        if self._failure is None:
+            self._failure = message
+            log.error("%s", message)
+        self._exit_code = 1
+
+    def _wait(self, condition: Callable[[], bool], deadline: float) -> bool:
+        """Pump the status queue (children block on a full pipe otherwise) until ``condition`` or ``deadline``."""
+        while not condition():
+            if time.monotonic() >= deadline:
+                return False
+            self._pump(0.05)
+        return True
+
+    # ================================================================================ children ===========
+    def _watch_children(self) -> None:
+        inference = self._inference
+        if inference is not None and not inference.process.is_alive():
+            self._set_failure(f"inference worker died (exit code {inference.process.exitcode}): stopping")
+            self._abort = True
+            self._stop.set()
+            return
+        now = time.monotonic()
+        for index, child in enumerate(self._ingest):
+            if child.process.is_alive():
+                continue
+            if child.restart_at is None:
+                delay = min(_RESTART_BACKOFF_S[0] * 2 ** child.restarts, _RESTART_BACKOFF_S[1])
+                child.restart_at = now + delay
+                log.error("%s (pid %s) died with exit code %s: restarting it in %.0fs",
+                          child.name, child.process.pid, child.process.exitcode, delay)
+                self._orphan_streams(index, child)
+            elif now >= child.restart_at:
+                self._ingest[index] = fresh = self._spawn_ingest(index, restarts=child.restarts + 1)
+                with self._lock:
+                    for entry in self._streams.values():
+                        if entry.ingest == index and entry.plan.kind == "live":
+                            self._inference_control(StreamAdded(entry.plan))
+                            fresh.control.put(AddStream(entry.plan))
+
+    def _orphan_streams(self, index: int, child: _Child) -> None:
+        """The streams of a dead ingest process: segments removed; live ones wait for the restart."""
+        reason = f"{child.name} died (exit code {child.process.exitcode})"
+        with self._lock:
+            for sid, entry in list(self._streams.items()):
+                if entry.ingest != index:
+                    continue
+                unlink_stream_segments(self.run_id, sid)
+                if entry.removing:
+                    del self._streams[sid]
+                elif entry.plan.kind == "file" and entry.state not in ("ended", "failed"):
+                    self._set_state(entry, "failed", f"{reason}; file streams are not replayed")
+                elif entry.plan.kind == "live":
+                    self._set_state(entry, "reconnecting", f"{reason}; restarting")
+
+    def _inference_control(self, message: Any) -> None:
+        if self._inference is not None and self._inference.process.is_alive():
+            self._inference.control.put(message)
+
+    def _set_state(self, entry: _Entry, state: str, reason: str | None) -> None:
+        entry.state = state
+        entry.reason = reason if reason is not None else entry.reason
+        entry.since = time.time()
+        self._inference_control(StreamState(entry.plan.id, state))
+
+    # ================================================================================ status queue =======
+    def _pump(self, timeout_s: float) -> None:
+        """Handle every status message that is ready, waiting up to ``timeout_s`` for the first."""
+        wait = timeout_s
+        while True:
+            try:
+                message = self._status.get(timeout=wait) if wait > 0 else self._status.get_nowait()
+            except queue_mod.Empty:
+                return
+            wait = 0.0
+            self._handle(message)
+
+    def _handle(self, message: Any) -> None:
+        with self._lock:
+            if isinstance(message, StreamStateChanged):
+                entry = self._streams.get(message.stream_id)
+                if entry is not None:
+                    entry.state = message.state
+                    entry.reason = message.reason if message.reason is not None else entry.reason
+                    entry.since = message.at
+                    self._inference_control(StreamState(message.stream_id, message.state))
+            elif isinstance(message, IngestStats):
+                for sid, snap in message.streams.items():
+                    entry = self._streams.get(sid)
+                    if entry is not None and entry.ingest == message.process:
+                        entry.ingest_stats = snap
+            elif isinstance(message, InferenceStats):
+                self._inference_stats = message
+                for sid, counters in message.streams.items():
+                    entry = self._streams.get(sid)
+                    if entry is not None:
+                        entry.inference = counters
+            elif isinstance(message, StreamFinished):
+                entry = self._streams.get(message.stream_id)
+                if entry is not None:
+                    entry.inference = message.counters
+            elif isinstance(message, StreamRemoved):
+                entry = self._streams.get(message.stream_id)
+                if entry is not None and entry.removing:
+                    del self._streams[message.stream_id]
+                    log.info("%s: removed", message.stream_id)
+            elif isinstance(message, IngestExited):
+                self._ingest_exited.add(message.process)
+                for sid, snap in message.streams.items():
+                    entry = self._streams.get(sid)
+                    if entry is not None and entry.ingest == message.process:
+                        entry.ingest_stats = snap
+                        if snap.state in ("ended", "failed"):
+                            entry.state = snap.state
+            elif isinstance(message, InferenceExited):
+                self._inference_exit = message
+                self._handle(message.stats)
+            elif isinstance(message, InferenceReady):
+                self._ready = message
+            elif isinstance(message, InferenceFatal):
+                self._fatal = message.message
+            else:
+                log.warning("unexpected status message %r ignored", type(message).__name__)
+
+    # ================================================================================ streams ============
+    def _add(self, plan: StreamPlan) -> _Entry:
+        """Assign to the least loaded ingest process; tell inference first (its plan decides live or file)."""
+        loads = [0] * len(self._ingest)
+        for entry in self._streams.values():
+            loads[entry.ingest] += 1
+        index = min(range(len(loads)), key=lambda i: loads[i])
+        entry = self._streams[plan.id] = _Entry(plan=plan, ingest=index)
+        self._inference_control(StreamAdded(plan))
+        self._ingest[index].control.put(AddStream(plan))
+        log.info("%s: added to ingest-%d (%s, %s)", plan.id, index, plan.kind, plan.display_url)
+        return entry
+
+    # -- the HTTP API's view (thread-safe) ----------------------------------------------------------------------
+    def health(self) -> tuple[int, dict[str, Any]]:
+        with self._lock:
+            body = {"status": "ok" if self._phase == "serving" else self._phase, "run_id": self.run_id,
+                    "streams": len(self._streams),
+                    "states": _count(entry.state for entry in self._streams.values())}
+            return (HTTPStatus.OK if self._phase == "serving" else HTTPStatus.SERVICE_UNAVAILABLE), body
+
+    def list_streams(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [self._view(entry) for entry in self._streams.values()]
+
+    def get_stream(self, stream_id: str) -> dict[str, Any]:
+        with self._lock:
+            entry = self._streams.get(stream_id)
+            if entry is None:
+                raise ApiError(HTTPStatus.NOT_FOUND, f"no stream {stream_id!r}")
+            return self._view(entry)
+
+    def add_stream(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            spec = StreamSpec.model_validate(body)
+            plan = plan_from_spec(spec)
+        except ValidationError as exc:
+            raise ApiError(HTTPStatus.BAD_REQUEST, spec_error(exc)) from None
+        except ValueError as exc:
+            raise ApiError(HTTPStatus.BAD_REQUEST, str(exc)) from None
+        with self._lock:
+            if self._phase != "serving":
+                raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, f"service is {self._phase}: streams cannot be added now")
+            existing = self._streams.get(plan.id)
+            if existing is not None:
+                what = "being removed" if existing.removing else "already present"
+                raise ApiError(HTTPStatus.CONFLICT, f"stream {plan.id!r} is {what}")
+            if len(self._streams) >= self.service.max_streams:
+                raise ApiError(HTTPStatus.CONFLICT, f"Service.max_streams={self.service.max_streams} streams already")
+            return self._view(self._add(plan))
+
+    def remove_stream(self, stream_id: str) -> dict[str, Any]:
+        with self._lock:
+            entry = self._streams.get(stream_id)
+            if entry is None:
+                raise ApiError(HTTPStatus.NOT_FOUND, f"no stream {stream_id!r}")
+            if self._phase != "serving":
+                raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, f"service is {self._phase}: streams cannot be removed now")
+            if not entry.removing:
+                entry.removing = True
+                child = self._ingest[entry.ingest]
+                if child.process.is_alive():
+                    child.control.put(RemoveStream(stream_id))
+                else:
+                    del self._streams[stream_id]
+                log.info("%s: removing", stream_id)
+            return {"id": stream_id, "removing": True}
+
+    def _view(self, entry: _Entry) -> dict[str, Any]:
+        plan = entry.plan
+        ing = entry.ingest_stats
+        inf = entry.inference
+        transport = None
+        if ing is not None and ing.transport is not None:
+            transport = ing.transport
+        if inf is not None and inf.final_transport is not None:
+            transport = inf.final_transport
+        counters: dict[str, Any] = {
+            "decoded": ing.decoded if ing else 0,
+            "skipped": ing.skipped if ing else 0,
+            "dropped_source": ing.dropped_source if ing else 0,
+            "reconnects": ing.reconnects if ing else 0,
+            "decode_errors": ing.decode_errors if ing else 0,
+            "written": transport.written if transport else 0,
+            "taken": transport.taken if transport else 0,
+            "dropped_ring": dict(transport.dropped) if transport else {},
+            "dropped_backlog": inf.dropped_backlog if inf else 0,
+            "dropped_too_old": inf.dropped_too_old if inf else 0,
+            "inference_errors": inf.errors if inf else 0,
+            "processed": inf.processed if inf else 0,
+        }
+        sinks: dict[str, dict[str, int]] = {}
+        if self._inference_stats is not None:
+            for name, per_stream in self._inference_stats.sink_streams.items():
+                sinks[name] = dict(per_stream.get(plan.id, {"written": 0, "dropped": 0, "errors": 0}))
+        counters["published"] = {name: s["written"] for name, s in sinks.items()}
+        view: dict[str, Any] = {
+            "id": plan.id,
+            "url": plan.display_url,
+            "kind": plan.kind,
+            "every_nth": plan.every_nth,
+            "state": entry.state,
+            "reason": entry.reason,
+            "since": round(entry.since, 3),
+            "removing": entry.removing,
+            "ingest_process": entry.ingest,
+            "last_frame_age_s": None if ing is None or ing.last_frame_age_s is None else round(ing.last_frame_age_s, 3),
+            "frame_count": ing.frame_count if ing else None,
+            "counters": counters,
+            "sinks": sinks,
+            "latency_ms": dict(inf.latency_ms) if inf else {},
+            "last_latency_ms": dict(inf.last) if inf else {},
+        }
+        return view
+
+    def _snapshot_all(self) -> dict[str, Any]:
+        with self._lock:
+            stats = self._inference_stats
+            return {
+                "run_id": self.run_id,
+                "streams": [self._view(entry) for entry in self._streams.values()],
+                "sinks": stats.sinks if stats is not None else [],
+                "batches": stats.batches if stats is not None else 0,
+                "frames": stats.frames if stats is not None else 0,
+                "gallery_version": stats.gallery_version if stats is not None else None,
+            }
+
+
+def _count(values: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    return counts
