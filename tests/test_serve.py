@@ -7,6 +7,7 @@ Every wait polls a condition with a deadline; deadlines are bounds for a slow ma
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 import uuid
@@ -164,6 +165,7 @@ def test_cameras_and_a_file_outage_api_and_drain(
         finally:
             client.close()
         assert "Traceback" not in serve.log_text()
+        assert not shm_left(final["run_id"]), "shared memory left behind"
     finally:
         if rtsp_stopped:
             services(repo_dir, "start", "rtsp")
@@ -230,3 +232,147 @@ def test_unreachable_kafka_is_one_line(bikes_mp4: Path) -> None:
     proc = run_vidrec("serve", "--stream", f"file={bikes_mp4}", "--kafka", f"127.0.0.1:{port}",
                       "-o", "Kafka.connect_timeout_s=1", timeout=180)
     assert_one_line_error(proc, f"127.0.0.1:{port}", "Kafka")
+
+
+# ---- failures and the gallery --------------------------------------------------------------------------------
+
+
+def shm_left(run_id: str) -> list[str]:
+    return [name for name in os.listdir("/dev/shm") if name.startswith(f"vidrec_{run_id}_")]
+
+
+@pytest.mark.timeout(240)
+def test_a_killed_ingest_process_is_restarted_and_the_others_go_on(
+    tmp_path: Path, rtsp_base: str, kafka_bootstrap: str
+) -> None:
+    topic = f"vidrec-serve-{uuid.uuid4().hex[:8]}"
+    serve = ServeProcess(
+        ["--stream", f"clock={rtsp_base}/clock", "--stream", f"vtest={rtsp_base}/vtest",
+         "--kafka", kafka_bootstrap, "--topic", topic],
+        log_path=tmp_path / "serve.log", http_port=free_port(),
+    )
+    reader: TopicReader | None = None
+    try:
+        wait_for(serve.healthy, 120, f"healthy service (needs {MODEL_ENV_HINT})")
+        reader = TopicReader(kafka_bootstrap, topic)
+        wait_for(lambda: reader.count("clock") >= 5 and reader.count("vtest") >= 5, 60, "results of both cameras")
+        health = serve.api("GET", "/healthz").body
+        index = serve.stream("clock")["ingest_process"]
+        assert serve.stream("vtest")["ingest_process"] != index
+        victim = health["workers"]["ingest"][index]
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.time()
+        wait_for(lambda: "died" in (serve.stream("clock")["reason"] or ""), 30, "the clock stream marked as orphaned")
+        wait_for(lambda: (s := serve.stream("clock"))["state"] == "live" and s["since"] > killed_at, 60,
+                 "the clock stream live again in a new ingest process")
+        wait_for(lambda: captured_after(reader.of("clock"), killed_at), 60, "clock results after the restart")
+        assert captured_after(reader.of("vtest"), killed_at), "the other camera kept publishing"
+        restarted = serve.api("GET", "/healthz").body["workers"]["ingest"][index]
+        assert restarted not in (None, victim)
+        assert serve.terminate() == 0, serve.log_text()[-4000:]
+        final = serve.final()
+        assert final["exit_code"] == 0 and not shm_left(final["run_id"])
+        for sid in ("clock", "vtest"):
+            assert_in_order_and_valid(reader.of(sid))
+    finally:
+        serve.kill()
+        if reader is not None:
+            reader.close()
+
+
+@pytest.mark.timeout(180)
+def test_a_killed_inference_process_stops_the_service_with_exit_1(tmp_path: Path, rtsp_base: str) -> None:
+    serve = ServeProcess(["--stream", f"clock={rtsp_base}/clock"], log_path=tmp_path / "serve.log", http_port=free_port())
+    try:
+        wait_for(serve.healthy, 120, f"healthy service (needs {MODEL_ENV_HINT})")
+        wait_for(lambda: serve.stream("clock")["counters"]["processed"] > 0, 60, "processed clock frames")
+        run_id = serve.api("GET", "/healthz").body["run_id"]
+        os.kill(serve.api("GET", "/healthz").body["workers"]["inference"], signal.SIGKILL)
+        assert serve.proc.wait(60) == 1
+        assert "inference worker died (exit code -9)" in serve.log_text()
+        assert serve.final()["exit_code"] == 1
+        assert not shm_left(run_id)
+    finally:
+        serve.kill()
+
+
+@pytest.mark.timeout(240)
+def test_a_redis_outage_never_stalls_kafka(
+    tmp_path: Path, repo_dir: Path, rtsp_base: str, kafka_bootstrap: str, redis_url: str
+) -> None:
+    topic = f"vidrec-serve-{uuid.uuid4().hex[:8]}"
+    serve = ServeProcess(
+        ["--stream", f"clock={rtsp_base}/clock", "--kafka", kafka_bootstrap, "--topic", topic, "--redis", redis_url,
+         "-o", f"Redis.key_prefix=vs{uuid.uuid4().hex[:6]}"],
+        log_path=tmp_path / "serve.log", http_port=free_port(),
+    )
+    reader: TopicReader | None = None
+    redis_stopped = False
+
+    def redis_counts() -> dict[str, int]:
+        return serve.stream("clock")["sinks"]["redis"]
+
+    try:
+        wait_for(serve.healthy, 120, f"healthy service (needs {MODEL_ENV_HINT})")
+        reader = TopicReader(kafka_bootstrap, topic)
+        wait_for(lambda: redis_counts()["written"] >= 5, 60, "results in Redis")
+        services(repo_dir, "stop", "redis")
+        redis_stopped = True
+        down_at = time.time()
+        wait_for(lambda: redis_counts()["errors"] > 0, 60, "Redis errors counted")
+        wait_for(lambda: len(captured_after(reader.of("clock"), down_at)) >= 30, 60, "Kafka results while Redis is down")
+        services(repo_dir, "start", "redis")
+        redis_stopped = False
+        written = redis_counts()["written"]
+        wait_for(lambda: redis_counts()["written"] > written + 5, 60, "Redis written to again")
+        assert serve.alive()
+        sink = next(s for s in serve.api("GET", "/streams").body["sinks"] if s["name"] == "redis")
+        assert sink["errors"] > 0 and "Redis" in sink["last_error"]
+        assert serve.terminate() == 0, serve.log_text()[-4000:]
+        assert serve.log_text().count("sink redis: write failed") == 1  # logged once, counted always
+        assert_in_order_and_valid(reader.of("clock"))
+    finally:
+        if redis_stopped:
+            services(repo_dir, "start", "redis")
+        serve.kill()
+        if reader is not None:
+            reader.close()
+
+
+@pytest.mark.timeout(240)
+def test_a_new_gallery_version_is_picked_up_without_restart(
+    tmp_path: Path, repo_dir: Path, rtsp_base: str, kafka_bootstrap: str
+) -> None:
+    gallery_dir = repo_dir / "samples" / "gallery"
+    index_dir = tmp_path / "index"
+    gallery = ["-o", f"IndexProcess.image_root={gallery_dir}", "-o", f"IndexProcess.index_dir={index_dir}"]
+    built = run_vidrec("gallery", "build", "-o", f"IndexProcess.data_file={gallery_dir / 'data_file.txt'}", *gallery)
+    assert built.returncode == 0, built.stderr
+    topic = f"vidrec-serve-{uuid.uuid4().hex[:8]}"
+    serve = ServeProcess(
+        ["--stream", f"bikes={rtsp_base}/bikes", "--kafka", kafka_bootstrap, "--topic", topic, *gallery],
+        log_path=tmp_path / "serve.log", http_port=free_port(),
+    )
+    reader: TopicReader | None = None
+    try:
+        wait_for(serve.healthy, 120, f"healthy service (needs {MODEL_ENV_HINT})")
+        reader = TopicReader(kafka_bootstrap, topic)
+        wait_for(lambda: any(o["label"] for m in reader.of("bikes") for o in m.value["objects"]), 90,
+                 "a recognised object on the live camera")
+        assert {m.value["gallery_version"] for m in reader.of("bikes")} == {1}
+        taxi = tmp_path / "taxi.txt"
+        taxi.write_text("taxi_f36.jpg\ttaxi\n")
+        removed = run_vidrec("gallery", "remove", "-o", f"IndexProcess.data_file={taxi}", *gallery)
+        assert removed.returncode == 0, removed.stderr
+        seen = len(reader.of("bikes"))
+        wait_for(lambda: any(m.value["gallery_version"] == 2 for m in reader.of("bikes")[seen:]), 60,
+                 "results named by gallery version 2")
+        versions = [m.value["gallery_version"] for m in reader.of("bikes")]
+        assert versions == sorted(versions), "a version, once in use, stays"
+        later = [m for m in reader.of("bikes") if m.value["gallery_version"] == 2]
+        assert not any(o["label"] == "taxi" for m in later for o in m.value["objects"])
+        assert serve.terminate() == 0, serve.log_text()[-4000:]
+    finally:
+        serve.kill()
+        if reader is not None:
+            reader.close()

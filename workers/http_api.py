@@ -1,7 +1,7 @@
 """The HTTP API of `vidrec serve` (stdlib ``ThreadingHTTPServer``; JSON in, JSON out).
 
     GET    /healthz            200 {"status": "ok", ...} when serving; 503 while starting or stopping
-    GET    /streams            200 {"streams": [stream, ...]}: each with its state and counters
+    GET    /streams            200 {"streams": [stream, ...], "sinks": [...]}: states, counters, sink totals
     GET    /streams/{id}       200 stream | 404
     POST   /streams            {"id", "url"[, "every_nth", "kind", "clock_stamp"]} -> 201 stream | 400 | 409 | 503
     DELETE /streams/{id}       202 {"id", "removing": true} | 404
@@ -48,6 +48,8 @@ class StreamService(Protocol):
     def health(self) -> tuple[int, dict[str, Any]]: ...
 
     def list_streams(self) -> list[dict[str, Any]]: ...
+
+    def sinks(self) -> list[dict[str, Any]]: ...
 
     def get_stream(self, stream_id: str) -> dict[str, Any]: ...
 
@@ -167,7 +169,7 @@ class _Handler(BaseHTTPRequestHandler):
         if parts == ["streams"]:
             self._allow(method, "GET", "POST")
             if method == "GET":
-                return HTTPStatus.OK, {"streams": api.service.list_streams()}
+                return HTTPStatus.OK, {"streams": api.service.list_streams(), "sinks": api.service.sinks()}
             api.check_auth(self.headers.get("Authorization"))
             return HTTPStatus.CREATED, api.service.add_stream(self._json_body())
         if len(parts) == 2 and parts[0] == "streams" and parts[1]:

@@ -111,6 +111,7 @@ class StreamInference:
     dropped_backlog: int
     dropped_too_old: int
     errors: int
+    last_index: int  # the highest frame index taken, -1 before the first
     latency_ms: dict[str, float]
     last: dict[str, float]
     ended: bool
@@ -156,6 +157,7 @@ class _Stream:
     dropped_backlog: int = 0
     dropped_too_old: int = 0
     errors: int = 0
+    last_index: int = -1
     ended: bool = False
     final_transport: StreamCounters | None = None
     totals: deque = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
@@ -175,7 +177,7 @@ class _Stream:
                 latency[f"{name}_p99"] = round(values[min(len(values) - 1, int(len(values) * 0.99))], 1)
         return StreamInference(
             taken=self.taken, processed=self.processed, dropped_backlog=self.dropped_backlog,
-            dropped_too_old=self.dropped_too_old, errors=self.errors, latency_ms=latency,
+            dropped_too_old=self.dropped_too_old, errors=self.errors, last_index=self.last_index, latency_ms=latency,
             last={k: round(v, 2) for k, v in self.last.items()}, ended=self.ended, final_transport=self.final_transport,
         )
 
@@ -261,12 +263,17 @@ class InferenceWorker:
                 return
             if isinstance(message, StreamAdded):
                 plan = message.plan
-                old = self.streams.get(plan.id)
-                if old is not None and not old.ended and old.plan is None:
-                    old.plan = plan  # frames came before the plan did
-                else:
+                info = self.streams.get(plan.id)
+                if info is None:
                     self.streams[plan.id] = _Stream(plan=plan, state="starting")
-                    self._ending.discard(plan.id)
+                else:
+                    # Frames came before the plan did, or the stream id comes back (a restarted ingest process,
+                    # removed and added again): its counters go on, as its frame indices do.
+                    info.plan = plan
+                    if info.ended:
+                        info.ended = False
+                        info.final_transport = None
+                        info.state = "starting"
             elif isinstance(message, StreamState):
                 info = self.streams.get(message.stream_id)
                 if info is not None:
@@ -314,6 +321,7 @@ class InferenceWorker:
         sid = lease.ref.stream_id
         info = self._stream(sid)
         info.taken += 1
+        info.last_index = max(info.last_index, lease.ref.index)
         now = time.monotonic()
         backlog = self.settings.live_backlog
         if info.live and self.batcher.pending(sid) >= backlog:

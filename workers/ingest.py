@@ -30,7 +30,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -88,7 +88,12 @@ class IngestSettings:
 
 @dataclass(frozen=True, slots=True)
 class AddStream:
+    """Start a stream. ``first_index`` numbers a live stream's frames on from where an earlier instance of the
+    same stream id (a restarted ingest process, a stream removed and added again) stopped, so that its
+    frame_index keeps growing; files always start at 0 (their index is the frame's place in the file)."""
+
     plan: StreamPlan
+    first_index: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,8 +155,10 @@ class IngestExited:
 class _StreamRunner:
     """One stream's thread: source → every_nth → producer."""
 
-    def __init__(self, plan: StreamPlan, settings: IngestSettings, frames_queue: Any, status_queue: Any) -> None:
+    def __init__(self, plan: StreamPlan, settings: IngestSettings, frames_queue: Any, status_queue: Any,
+                 first_index: int = 0) -> None:
         self.plan = plan
+        self.first_index = first_index if plan.kind == "live" else 0
         self._settings = settings
         self._frames_queue = frames_queue
         self._status = status_queue
@@ -250,6 +257,7 @@ class _StreamRunner:
         with self._lock:
             self._source = source
         every_nth = plan.every_nth
+        base = self.first_index
         try:
             source.start()
             while not self.stop.is_set():
@@ -259,6 +267,8 @@ class _StreamRunner:
                         return
                     producer.pump()
                     continue
+                if base:
+                    frame = replace(frame, index=frame.index + base)
                 if every_nth > 1 and frame.index % every_nth:
                     self._skipped += 1
                     continue
@@ -323,7 +333,8 @@ def ingest_main(
             if plan.id in runners:
                 log.warning("%s: already running here; add ignored", plan.id)
             else:
-                runner = runners[plan.id] = _StreamRunner(plan, settings, frames_queue, status_queue)
+                runner = runners[plan.id] = _StreamRunner(plan, settings, frames_queue, status_queue,
+                                                          first_index=message.first_index)
                 runner.thread.start()
                 log.info("%s: added (%s, %s)", plan.id, plan.kind, plan.display_url)
         elif isinstance(message, RemoveStream):

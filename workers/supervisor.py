@@ -39,6 +39,7 @@ import queue as queue_mod
 import signal
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -108,10 +109,25 @@ def spec_error(exc: ValidationError) -> str:
     return f"{where}: {message}"
 
 
+_INGEST_COUNTERS = ("decoded", "skipped", "dropped_source", "reconnects", "decode_errors")
+
+
+def _snapshot_counts(snap: StreamCountersSnapshot) -> Counter:
+    """An ingest instance's counters, flat (the ring's drops as ``ring:<reason>``)."""
+    counts = Counter({name: getattr(snap, name) for name in _INGEST_COUNTERS})
+    if snap.transport is not None:
+        counts["written"] += snap.transport.written
+        counts["taken"] += snap.transport.taken
+        for reason, n in snap.transport.dropped.items():
+            counts[f"ring:{reason}"] += n
+    return counts
+
+
 @dataclass
 class _Entry:
     plan: StreamPlan
     ingest: int
+    first_index: int = 0
     state: str = "starting"
     reason: str | None = None
     since: float = field(default_factory=time.time)
@@ -149,6 +165,10 @@ class Supervisor:
         self.run_id = new_run_id()
         self._lock = threading.RLock()
         self._streams: dict[str, _Entry] = {}
+        # Per stream id, for the service's lifetime: counters of ingest instances that ended (a restarted
+        # process, a stream removed and added again), and where a live stream's frame indices go on.
+        self._past: dict[str, Counter] = {}
+        self._next_index: dict[str, int] = {}
         self._stop = threading.Event()
         self._abort = False
         self._phase = "starting"  # starting | serving | draining | stopped
@@ -162,6 +182,7 @@ class Supervisor:
         self._ready: InferenceReady | None = None
         self._fatal: str | None = None
         self._api: ApiServer | None = None
+        self._sink_names = [name for name, on in (("kafka", cfg.Kafka.bootstrap), ("redis", cfg.Redis.url)) if on]
         svc = self.service
         self._ingest_settings = IngestSettings(
             run_id=self.run_id, slots=svc.slots_per_stream, max_frame_bytes=svc.max_frame_bytes,
@@ -281,7 +302,7 @@ class Supervisor:
             inference.process.join(5.0)
         if inference is not None and inference.process.is_alive():
             inference.control.put(Drain())
-            sinks = 1 + (self.cfg.Kafka.bootstrap is not None) + (self.cfg.Redis.url is not None)
+            sinks = len(self._sink_names)
             deadline = time.monotonic() + (3.0 if abort else 30.0 + sinks * self.service.sink_close_timeout_s)
             self._wait(lambda: self._inference_exit is not None or not inference.process.is_alive(), deadline)
             inference.process.join(5.0)
@@ -354,8 +375,9 @@ class Supervisor:
                 with self._lock:
                     for entry in self._streams.values():
                         if entry.ingest == index and entry.plan.kind == "live":
+                            entry.first_index = self._first_index(entry.plan)
                             self._inference_control(StreamAdded(entry.plan))
-                            fresh.control.put(AddStream(entry.plan))
+                            fresh.control.put(AddStream(entry.plan, entry.first_index))
 
     def _orphan_streams(self, index: int, child: _Child) -> None:
         """The streams of a dead ingest process: segments removed; live ones wait for the restart."""
@@ -365,6 +387,7 @@ class Supervisor:
                 if entry.ingest != index:
                     continue
                 unlink_stream_segments(self.run_id, sid)
+                self._fold(entry, entry.ingest_stats)
                 if entry.removing:
                     del self._streams[sid]
                 elif entry.plan.kind == "file" and entry.state not in ("ended", "failed"):
@@ -421,6 +444,7 @@ class Supervisor:
             elif isinstance(message, StreamRemoved):
                 entry = self._streams.get(message.stream_id)
                 if entry is not None and entry.removing:
+                    self._fold(entry, message.final)
                     del self._streams[message.stream_id]
                     log.info("%s: removed", message.stream_id)
             elif isinstance(message, IngestExited):
@@ -448,23 +472,56 @@ class Supervisor:
         for entry in self._streams.values():
             loads[entry.ingest] += 1
         index = min(range(len(loads)), key=lambda i: loads[i])
-        entry = self._streams[plan.id] = _Entry(plan=plan, ingest=index)
+        entry = self._streams[plan.id] = _Entry(plan=plan, ingest=index, first_index=self._first_index(plan))
         self._inference_control(StreamAdded(plan))
-        self._ingest[index].control.put(AddStream(plan))
+        self._ingest[index].control.put(AddStream(plan, entry.first_index))
         log.info("%s: added to ingest-%d (%s, %s)", plan.id, index, plan.kind, plan.display_url)
         return entry
+
+    def _first_index(self, plan: StreamPlan) -> int:
+        """Where a live stream's frame indices go on: past every frame an earlier instance decoded or that
+        inference took (the latter covers frames decoded after the last counters a dead process sent)."""
+        if plan.kind != "live":
+            return 0
+        last_taken = -1
+        stats = self._inference_stats
+        if stats is not None and plan.id in stats.streams:
+            last_taken = stats.streams[plan.id].last_index
+        return max(self._next_index.get(plan.id, 0), last_taken + 1)
+
+    def _fold(self, entry: _Entry, snap: StreamCountersSnapshot | None) -> None:
+        """An ingest instance of this stream ended: keep its counters in the stream's lifetime totals."""
+        if snap is None:
+            return
+        self._past.setdefault(entry.plan.id, Counter()).update(_snapshot_counts(snap))
+        if entry.plan.kind == "live":
+            sid = entry.plan.id
+            self._next_index[sid] = max(self._next_index.get(sid, 0), entry.first_index + snap.decoded)
+        entry.ingest_stats = None
 
     # -- the HTTP API's view (thread-safe) ----------------------------------------------------------------------
     def health(self) -> tuple[int, dict[str, Any]]:
         with self._lock:
-            body = {"status": "ok" if self._phase == "serving" else self._phase, "run_id": self.run_id,
-                    "streams": len(self._streams),
-                    "states": _count(entry.state for entry in self._streams.values())}
+            body = {
+                "status": "ok" if self._phase == "serving" else self._phase,
+                "run_id": self.run_id,
+                "streams": len(self._streams),
+                "states": _count(entry.state for entry in self._streams.values()),
+                "workers": {
+                    "inference": _pid(self._inference),
+                    "ingest": [_pid(child) for child in self._ingest],
+                },
+                "failure": self._failure,
+            }
             return (HTTPStatus.OK if self._phase == "serving" else HTTPStatus.SERVICE_UNAVAILABLE), body
 
     def list_streams(self) -> list[dict[str, Any]]:
         with self._lock:
             return [self._view(entry) for entry in self._streams.values()]
+
+    def sinks(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._inference_stats.sinks) if self._inference_stats is not None else []
 
     def get_stream(self, stream_id: str) -> dict[str, Any]:
         with self._lock:
@@ -513,26 +570,18 @@ class Supervisor:
         plan = entry.plan
         ing = entry.ingest_stats
         inf = entry.inference
-        transport = None
-        if ing is not None and ing.transport is not None:
-            transport = ing.transport
-        if inf is not None and inf.final_transport is not None:
-            transport = inf.final_transport
-        counters: dict[str, Any] = {
-            "decoded": ing.decoded if ing else 0,
-            "skipped": ing.skipped if ing else 0,
-            "dropped_source": ing.dropped_source if ing else 0,
-            "reconnects": ing.reconnects if ing else 0,
-            "decode_errors": ing.decode_errors if ing else 0,
-            "written": transport.written if transport else 0,
-            "taken": transport.taken if transport else 0,
-            "dropped_ring": dict(transport.dropped) if transport else {},
-            "dropped_backlog": inf.dropped_backlog if inf else 0,
-            "dropped_too_old": inf.dropped_too_old if inf else 0,
-            "inference_errors": inf.errors if inf else 0,
-            "processed": inf.processed if inf else 0,
-        }
-        sinks: dict[str, dict[str, int]] = {}
+        totals = Counter(self._past.get(plan.id, {}))
+        if ing is not None:
+            totals.update(_snapshot_counts(ing))
+        counters: dict[str, Any] = {name: totals[name] for name in _INGEST_COUNTERS + ("written", "taken")}
+        counters["dropped_ring"] = {key.split(":", 1)[1]: n for key, n in sorted(totals.items()) if key.startswith("ring:")}
+        counters.update(
+            dropped_backlog=inf.dropped_backlog if inf else 0,
+            dropped_too_old=inf.dropped_too_old if inf else 0,
+            inference_errors=inf.errors if inf else 0,
+            processed=inf.processed if inf else 0,
+        )
+        sinks = {name: {"written": 0, "dropped": 0, "errors": 0} for name in self._sink_names}
         if self._inference_stats is not None:
             for name, per_stream in self._inference_stats.sink_streams.items():
                 sinks[name] = dict(per_stream.get(plan.id, {"written": 0, "dropped": 0, "errors": 0}))
@@ -567,6 +616,10 @@ class Supervisor:
                 "frames": stats.frames if stats is not None else 0,
                 "gallery_version": stats.gallery_version if stats is not None else None,
             }
+
+
+def _pid(child: _Child | None) -> int | None:
+    return child.process.pid if child is not None and child.process.is_alive() else None
 
 
 def _count(values: Any) -> dict[str, int]:
