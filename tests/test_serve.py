@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -225,6 +226,15 @@ def test_api_refuses_bad_requests(tmp_path: Path, bikes_mp4: Path) -> None:
 )
 def test_serve_usage_errors_are_one_line(args: list[str], fragments: list[str]) -> None:
     assert_one_line_error(run_vidrec("serve", *args, timeout=60), *fragments)
+
+
+def test_http_address_taken_is_one_line(bikes_mp4: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run_vidrec("serve", "--stream", f"file={bikes_mp4}", "--http", f"127.0.0.1:{port}", timeout=60)
+    assert_one_line_error(proc, f"127.0.0.1:{port}", "HTTP API")
 
 
 def test_unreachable_kafka_is_one_line(bikes_mp4: Path) -> None:

@@ -22,6 +22,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import socket
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -84,7 +85,8 @@ class ApiServer:
         self.max_body_bytes = max_body_bytes
         self.mutations_open = self.token is not None or is_loopback(host)
         handler = type("Handler", (_Handler,), {"api": self})
-        self._server = ThreadingHTTPServer((host, port), handler)  # OSError when the address is taken
+        server_class = _Server6 if ":" in host else ThreadingHTTPServer
+        self._server = server_class((host, port), handler)  # OSError when the address is taken
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
         if self.token is None:
@@ -119,6 +121,10 @@ class ApiServer:
         given = header[len("Bearer "):].strip().encode("utf-8")
         if not hmac.compare_digest(given, self.token.encode("utf-8")):
             raise ApiError(HTTPStatus.UNAUTHORIZED, "wrong bearer token")
+
+
+class _Server6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -82,7 +82,8 @@ from stream.transport import make_frame_queue, new_run_id, unlink_run_segments, 
 
 log = logging.getLogger("vidrec")
 
-_RESTART_BACKOFF_S = (1.0, 30.0)
+_RESTART_BACKOFF_S = (1.0, 30.0)  # first delay, longest delay before an ingest process is started again
+_STABLE_AFTER_S = 60.0  # a process that ran this long before dying starts again after the first delay
 
 
 class ServiceError(Exception):
@@ -143,6 +144,7 @@ class _Child:
     control: Any
     restarts: int = 0
     restart_at: float | None = None
+    started_at: float = field(default_factory=time.monotonic)
 
 
 class Supervisor:
@@ -365,14 +367,16 @@ class Supervisor:
             if child.process.is_alive():
                 continue
             if child.restart_at is None:
+                if now - child.started_at > _STABLE_AFTER_S:
+                    child.restarts = 0  # it ran well for a while: this is a new failure, not a crash loop
                 delay = min(_RESTART_BACKOFF_S[0] * 2 ** child.restarts, _RESTART_BACKOFF_S[1])
                 child.restart_at = now + delay
                 log.error("%s (pid %s) died with exit code %s: restarting it in %.0fs",
                           child.name, child.process.pid, child.process.exitcode, delay)
                 self._orphan_streams(index, child)
             elif now >= child.restart_at:
-                self._ingest[index] = fresh = self._spawn_ingest(index, restarts=child.restarts + 1)
                 with self._lock:
+                    self._ingest[index] = fresh = self._spawn_ingest(index, restarts=child.restarts + 1)
                     for entry in self._streams.values():
                         if entry.ingest == index and entry.plan.kind == "live":
                             entry.first_index = self._first_index(entry.plan)
@@ -471,7 +475,9 @@ class Supervisor:
         loads = [0] * len(self._ingest)
         for entry in self._streams.values():
             loads[entry.ingest] += 1
-        index = min(range(len(loads)), key=lambda i: loads[i])
+        # Not to a process that died and waits for its restart (the restart re-adds only its live streams).
+        candidates = [i for i, child in enumerate(self._ingest) if child.restart_at is None] or list(range(len(loads)))
+        index = min(candidates, key=lambda i: loads[i])
         entry = self._streams[plan.id] = _Entry(plan=plan, ingest=index, first_index=self._first_index(plan))
         self._inference_control(StreamAdded(plan))
         self._ingest[index].control.put(AddStream(plan, entry.first_index))
