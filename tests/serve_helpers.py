@@ -50,15 +50,17 @@ class Response:
 class ServeProcess:
     """`vidrec serve ...` with its stderr in ``log_path``; ``api(...)`` talks to its HTTP API."""
 
-    def __init__(self, args: list[str], *, log_path: Path, http_port: int, env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], *, log_path: Path, http_port: int, env: dict[str, str] | None = None,
+                 http_host: str = "127.0.0.1") -> None:
         self.log_path = log_path
         self.base = f"http://127.0.0.1:{http_port}"
         full_env = dict(os.environ)
         full_env.pop("VIDREC_DEBUG", None)
+        full_env.pop("VIDREC_API_TOKEN", None)
         full_env.update(env or {})
         self._log = log_path.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "workers.cli", "serve", *args, "--http", f"127.0.0.1:{http_port}"],
+            [sys.executable, "-m", "workers.cli", "serve", *args, "--http", f"{http_host}:{http_port}"],
             cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
         )
 

@@ -212,6 +212,27 @@ def test_api_refuses_bad_requests(tmp_path: Path, bikes_mp4: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("http_host", "status"),
+    [
+        ("127.0.0.1", 201),  # no token on loopback: changes are open to local users
+        ("0.0.0.0", 403),    # no token elsewhere: changes are disabled
+    ],
+)
+def test_without_a_token_changes_are_open_only_on_loopback(tmp_path: Path, bikes_mp4: Path, http_host: str,
+                                                            status: int) -> None:
+    serve = ServeProcess(["--stream", f"file={bikes_mp4}", "-o", "Service.ingest_processes=1"],
+                         log_path=tmp_path / "serve.log", http_port=free_port(), http_host=http_host)
+    try:
+        wait_for(serve.healthy, 120, f"healthy service (needs {MODEL_ENV_HINT})")
+        response = serve.api("POST", "/streams", {"id": "again", "url": str(bikes_mp4), "every_nth": 50})
+        assert response.status == status, response
+        assert (set(serve.streams()) == {"file", "again"}) == (status == 201)
+        assert serve.terminate() == 0
+    finally:
+        serve.kill()
+
+
+@pytest.mark.parametrize(
     ("args", "fragments"),
     [
         (["--stream", "bad id=rtsp://127.0.0.1:9/x"], ["--stream bad id=", "id:"]),
@@ -302,6 +323,42 @@ def test_a_killed_inference_process_stops_the_service_with_exit_1(tmp_path: Path
         assert "inference worker died (exit code -9)" in serve.log_text()
         assert serve.final()["exit_code"] == 1
         assert not shm_left(run_id)
+    finally:
+        serve.kill()
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie has finished
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("when", ["as_soon_as_healthy", "while_publishing"])
+def test_workers_stop_by_themselves_when_the_supervisor_is_killed(
+    tmp_path: Path, rtsp_base: str, kafka_bootstrap: str, when: str
+) -> None:
+    # Pins a bug: ingest processes that started after the supervisor died took the reaper for their parent
+    # and ran forever, blocked on a status pipe nobody read.
+    serve = ServeProcess(
+        ["--stream", f"clock={rtsp_base}/clock", "--stream", f"file={rtsp_base}/vtest",
+         "--kafka", kafka_bootstrap, "--topic", f"vidrec-serve-{uuid.uuid4().hex[:8]}"],
+        log_path=tmp_path / "serve.log", http_port=free_port(),
+    )
+    try:
+        wait_for(serve.healthy, 120, f"healthy service (needs {MODEL_ENV_HINT})")
+        health = serve.api("GET", "/healthz").body
+        if when == "while_publishing":
+            wait_for(lambda: serve.stream("clock")["counters"]["published"]["kafka"] > 10, 60, "published results")
+            health = serve.api("GET", "/healthz").body
+        serve.proc.kill()
+        serve.proc.wait(10)
+        pids = [health["workers"]["inference"], *health["workers"]["ingest"]]
+        assert all(pids), health
+        wait_for(lambda: all(process_gone(pid) for pid in pids), 60, "every worker gone after the supervisor")
+        wait_for(lambda: not shm_left(health["run_id"]), 30, "the run's shared memory removed")
     finally:
         serve.kill()
 

@@ -49,7 +49,7 @@ from stream.errors import SinkError, SourceError
 from stream.sinks.async_sink import AsyncSink
 from stream.transport import EndOfStream, FrameConsumer, FrameLease, ProducerDiedError, StreamCounters
 from workers.batcher import Batcher
-from workers.ingest import StreamPlan, setup_child
+from workers.ingest import ParentWatch, StreamPlan, detach_queues, setup_child
 from workers.video_job import VideoOutputs, gallery_watcher, open_sinks, to_results
 
 log = logging.getLogger(__name__)
@@ -209,6 +209,7 @@ class InferenceWorker:
         self._frames = 0
         self._error_kinds: set[str] = set()
         self._draining = False
+        self.orphaned = False
         self._next_stats = 0.0
 
     @property
@@ -224,14 +225,15 @@ class InferenceWorker:
 
     # -- main loop -------------------------------------------------------------------------------------------
     def run(self, control_queue: Any) -> InferenceExited:
-        parent = os.getppid()
+        parent = ParentWatch()
         consumer = FrameConsumer(self._frames_queue, run_id=self.settings.run_id, poll_s=0.25)
         try:
             while True:
                 self._handle_control(control_queue)
-                if os.getppid() != parent and not self._draining:
+                if not self.orphaned and parent.gone():
                     log.error("supervisor is gone: draining and stopping")
-                    self._draining = True
+                    detach_queues(self._status, self._frames_queue)
+                    self.orphaned = self._draining = True
                 now = time.monotonic()
                 due = self.batcher.deadline(now)
                 timeout = 0.0 if due <= now else min(due - now, 0.05)
@@ -322,6 +324,8 @@ class InferenceWorker:
         info = self._stream(sid)
         info.taken += 1
         info.last_index = max(info.last_index, lease.ref.index)
+        if info.state in (None, "starting"):
+            info.state = "live"  # a decoded frame says so, even before the supervisor's word arrives
         now = time.monotonic()
         backlog = self.settings.live_backlog
         if info.live and self.batcher.pending(sid) >= backlog:
@@ -354,10 +358,7 @@ class InferenceWorker:
         results = None
         frames = [item.lease.frame(copy=False) for item in fresh]
         try:
-            stamps = [
-                decode_clock(frame.image_bgr) if (plan := self.streams[frame.stream_id].plan) and plan.clock_stamp else None
-                for frame in frames
-            ]
+            stamps = [decode_clock(frame.image_bgr) if self._stamped(frame.stream_id) else None for frame in frames]
             recognition = self.system.run([frame.image_bgr for frame in frames])
             results = to_results(frames, recognition, self.class_names)
         except Exception as exc:  # noqa: BLE001 - one bad batch must not stop every camera
@@ -386,6 +387,10 @@ class InferenceWorker:
             info.totals.append(latency["total"])
             info.last = dict(latency)
             self._frames += 1
+
+    def _stamped(self, stream_id: str) -> bool:
+        plan = self.streams[stream_id].plan
+        return plan is not None and plan.clock_stamp
 
     def _count_error(self, items: list[_Item], exc: Exception) -> None:
         kind = type(exc).__name__
@@ -453,4 +458,5 @@ def inference_main(
     exited = worker.run(control_queue)
     status_queue.put(exited)
     status_queue.close()
-    status_queue.join_thread()
+    if not worker.orphaned:
+        status_queue.join_thread()

@@ -24,6 +24,7 @@ and gives inference up to the drain timeout to take what is written (the frames 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import queue as queue_mod
 import signal
@@ -293,6 +294,27 @@ class _StreamRunner:
 
 
 # ------------------------------------------------------------------------------------------- process ------
+class ParentWatch:
+    """Whether the supervisor still runs, from multiprocessing's parent sentinel: right even when it died
+    before this process got going (then ``os.getppid()`` already names the reaper, not the supervisor)."""
+
+    def __init__(self) -> None:
+        self._parent = multiprocessing.parent_process()
+        self._gone = False
+
+    def gone(self) -> bool:
+        if not self._gone and self._parent is not None:
+            self._gone = not self._parent.is_alive()
+        return self._gone
+
+
+def detach_queues(*queues: Any) -> None:
+    """The supervisor is gone and nobody reads what this process puts: exit without waiting for the queues'
+    feeder threads, which would block on a full pipe forever."""
+    for q in queues:
+        q.cancel_join_thread()
+
+
 def setup_child(name: str, log_level: int) -> None:
     # The supervisor coordinates shutdown: a terminal's Ctrl-C or a TERM to the whole process group must not
     # cut this process's drain short.
@@ -313,7 +335,7 @@ def ingest_main(
 ) -> None:
     """Entry point of ingest process ``index`` (multiprocessing 'spawn')."""
     setup_child(f"ingest-{index}", log_level)
-    parent = os.getppid()
+    parent = ParentWatch()
     runners: dict[str, _StreamRunner] = {}
     removing: set[str] = set()
     next_stats = 0.0
@@ -353,8 +375,9 @@ def ingest_main(
             runner = runners.pop(sid)
             status_queue.put(StreamRemoved(sid, runner.snapshot()))
             log.info("%s: removed", sid)
-        if os.getppid() != parent:
+        if parent.gone():
             log.error("supervisor is gone: stopping")
+            detach_queues(status_queue, frames_queue)
             stopping = StopIngest(abort=True)
         now = time.monotonic()
         if now >= next_stats:

@@ -292,7 +292,8 @@ class Supervisor:
             if child.process.is_alive():
                 child.control.put(StopIngest(abort=abort))
         ingest_deadline = started + (2.0 if abort else self.service.drain_timeout_s + 10.0)
-        self._wait(lambda: all(not c.process.is_alive() for c in self._ingest), ingest_deadline)
+        interrupted = lambda: self._abort and not abort  # noqa: E731 - a second signal came while draining
+        self._wait(lambda: all(not c.process.is_alive() for c in self._ingest) or interrupted(), ingest_deadline)
         for child in self._ingest:
             if child.process.is_alive():
                 log.warning("%s did not stop in time: killed", child.name)
@@ -306,8 +307,9 @@ class Supervisor:
             inference.control.put(Drain())
             sinks = len(self._sink_names)
             deadline = time.monotonic() + (3.0 if abort else 30.0 + sinks * self.service.sink_close_timeout_s)
-            self._wait(lambda: self._inference_exit is not None or not inference.process.is_alive(), deadline)
-            inference.process.join(5.0)
+            self._wait(lambda: self._inference_exit is not None or not inference.process.is_alive() or interrupted(),
+                       deadline)
+            inference.process.join(0.5 if self._abort else 5.0)
             if inference.process.is_alive():
                 log.warning("inference did not stop in time: killed")
                 inference.process.kill()
