@@ -85,6 +85,17 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def load_checked_state_dict(pth_path: Path, expected_sha256: str | None) -> tuple[dict[str, np.ndarray], str]:
+    """The .pth's tensors and its sha256, after its existence and (unless None) that sha256 are checked."""
+    pth_path = Path(pth_path)
+    if not pth_path.is_file():
+        raise ModelError(f"weights file not found: {pth_path}")
+    digest = sha256_of(pth_path)
+    if expected_sha256 is not None and digest != expected_sha256:
+        raise ModelError(f"{pth_path}: sha256 {digest} does not match the expected {expected_sha256}")
+    return load_state_dict(pth_path), digest
+
+
 def convert_efficientnet_lite0(
     pth_path: Path, out_dir: Path, *, expected_sha256: str | None = EFFICIENTNET_LITE0_PTH_SHA256
 ) -> Path:
@@ -94,12 +105,7 @@ def convert_efficientnet_lite0(
     checked key by key and shape by shape.
     """
     pth_path = Path(pth_path)
-    if not pth_path.is_file():
-        raise ModelError(f"weights file not found: {pth_path}")
-    digest = sha256_of(pth_path)
-    if expected_sha256 is not None and digest != expected_sha256:
-        raise ModelError(f"{pth_path}: sha256 {digest} does not match the expected {expected_sha256}")
-    state = load_state_dict(pth_path)
+    state, digest = load_checked_state_dict(pth_path, expected_sha256)
     model = state_dict_to_onnx(state, source=str(pth_path))
 
     out_dir = Path(out_dir)

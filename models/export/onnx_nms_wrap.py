@@ -281,7 +281,7 @@ def build_nms_graph(raw: onnx.ModelProto, raw_path: Path, *, size: int, num_labe
 
 def infer_cfg(size: int, labels: list[str], raw_name: str) -> dict:
     """infer_cfg.yml: the raw ONNX's preprocessing in PaddleDetection's RGB terms, the NMS settings, COCO labels."""
-    from models.export.paddle_picodet import MEAN_RGB, STD_RGB
+    from models.export.paddle_picodet import preprocess_ops
 
     return {
         "mode": "paddle",
@@ -290,12 +290,7 @@ def infer_cfg(size: int, labels: list[str], raw_name: str) -> dict:
         "use_dynamic_shape": False,
         "arch": "PicoDet",
         "min_subgraph_size": 3,
-        "Preprocess": [
-            {"type": "Resize", "target_size": [size, size], "keep_ratio": True, "interp": 1},
-            {"type": "Pad", "size": [size, size], "fill_value": [0.0, 0.0, 0.0]},
-            {"type": "NormalizeImage", "mean": list(MEAN_RGB), "std": list(STD_RGB), "is_scale": False, "norm_type": "mean_std"},
-            {"type": "Permute"},
-        ],
+        "Preprocess": preprocess_ops(size),
         "label_list": labels,
         "NMS": {
             "name": "MultiClassNMS",

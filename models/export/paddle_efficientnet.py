@@ -41,9 +41,8 @@ from models.export.efficientnet_lite import (
     _Weights,
     count_parameters,
     default_weights_path,
-    sha256_of,
+    load_checked_state_dict,
 )
-from models.export.torch_pickle import load_state_dict
 
 EXPORTER_VERSION = "1"
 MODEL_FILE = "inference.json"
@@ -282,12 +281,7 @@ def export_efficientnet_lite0_paddle(
     be a fresh temporary folder that the caller renames into place (``resolve_model_dir`` does).
     """
     pth_path = Path(pth_path) if pth_path is not None else default_weights_path()
-    if not pth_path.is_file():
-        raise ModelError(f"weights file not found: {pth_path}")
-    digest = sha256_of(pth_path)
-    if expected_sha256 is not None and digest != expected_sha256:
-        raise ModelError(f"{pth_path}: sha256 {digest} does not match the expected {expected_sha256}")
-    state = load_state_dict(pth_path)
+    state, digest = load_checked_state_dict(pth_path, expected_sha256)
     params = folded_parameters(state, source=str(pth_path))
 
     paddle = _paddle()

@@ -418,6 +418,20 @@ def _compare(got: list[np.ndarray], want: list[np.ndarray], what: str) -> float:
     return worst
 
 
+def preprocess_ops(size: int) -> list[dict]:
+    """PaddleDetection's Preprocess list equal to the shared ONNX's preprocessing.
+
+    Starts from an RGB image (PaddleDetection's decode). Keep-ratio resize into S×S, zero padding at the
+    bottom/right before normalising, ImageNet mean/std on 0–255 values.
+    """
+    return [
+        {"type": "Resize", "target_size": [size, size], "keep_ratio": True, "interp": 1},
+        {"type": "Pad", "size": [size, size], "fill_value": [0.0, 0.0, 0.0]},
+        {"type": "NormalizeImage", "mean": list(MEAN_RGB), "std": list(STD_RGB), "is_scale": False, "norm_type": "mean_std"},
+        {"type": "Permute"},
+    ]
+
+
 def infer_cfg(size: int, labels: list[str], onnx_path: Path, onnx_sha256: str) -> dict:
     """PaddleDetection's infer_cfg.yml for this export (PicoDet without NMS in the graph)."""
     return {
@@ -427,14 +441,7 @@ def infer_cfg(size: int, labels: list[str], onnx_path: Path, onnx_sha256: str) -
         "use_dynamic_shape": False,
         "arch": "PicoDet",
         "min_subgraph_size": 3,
-        # Starts from an RGB image (PaddleDetection's decode). Keep-ratio resize into S×S, zero padding at
-        # the bottom/right before normalising, ImageNet mean/std on 0–255 values: the ONNX's preprocessing.
-        "Preprocess": [
-            {"type": "Resize", "target_size": [size, size], "keep_ratio": True, "interp": 1},
-            {"type": "Pad", "size": [size, size], "fill_value": [0.0, 0.0, 0.0]},
-            {"type": "NormalizeImage", "mean": MEAN_RGB, "std": STD_RGB, "is_scale": False, "norm_type": "mean_std"},
-            {"type": "Permute"},
-        ],
+        "Preprocess": preprocess_ops(size),
         "label_list": labels,
         "NMS": {"name": "MultiClassNMS", "nms_top_k": 1000, "keep_top_k": 100, "score_threshold": 0.025, "nms_threshold": 0.6},
         "fpn_stride": list(FPN_STRIDE),
