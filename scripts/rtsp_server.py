@@ -13,6 +13,11 @@ SPS/PPS repeated before every keyframe so that a client joining late or reconnec
 - ``/clock``  ``videotestsrc is-live=true pattern=ball`` 640x360 at 15 fps with the Unix time in ms stamped
   into the top rows of every frame just before it is encoded (``stream/clockcode.py``), so a client measures
   end-to-end delay from the pixels it decodes.
+- ``/street720`` .cache/media/vtest.avi (real pedestrians) scaled to 1280x720 (stretched from 4:3) at 15 fps
+  (frames repeated from its 10 fps), looping, with the /clock stamp in its top rows: a 720p camera for
+  ``bench/live_latency.py``, whose delay a client measures from the pixels. Shared: N clients are N RTSP
+  sessions of one encoder (one x264 720p encode whatever the client count, so the server's own CPU use does not
+  grow with the benchmark's camera count), every client getting the same frames at the same instants.
 - ``/slices`` /clock encoded as four slices a frame (cameras do this; FFmpeg hands such frames over in pieces).
 - ``/stall``  the /clock picture for ``--stall-after-s`` seconds (2) per client session, then nothing while the
   session stays open: a camera that hangs. Not shared: every connection gets its own 2 s.
@@ -45,6 +50,7 @@ REPO = Path(__file__).resolve().parent.parent
 log = logging.getLogger("rtsp_server")
 
 CLOCK_WIDTH, CLOCK_HEIGHT, CLOCK_FPS = 640, 360, 15
+STREET_WIDTH, STREET_HEIGHT, STREET_FPS = 1280, 720, 15
 
 
 # ------------------------------------------------------------------------------------------------ probe ------
@@ -107,11 +113,15 @@ def main_serve(args: argparse.Namespace) -> int:
                    "qtdemux", "avidemux", "avdec_h264", "audiotestsrc", "alawenc", "rtppcmapay")
 
     class Producer:
-        """Raw I420 frames from a small GStreamer pipeline ending in an appsink; restarts it at EOS (loops)."""
+        """Raw I420 frames from a small GStreamer pipeline ending in an appsink; builds it afresh at EOS (loops)."""
 
         def __init__(self, description: str, name: str) -> None:
             self.name = name
-            self.pipeline = Gst.parse_launch(description)
+            self.description = description
+            self._build()
+
+        def _build(self) -> None:
+            self.pipeline = Gst.parse_launch(self.description)
             self.sink = self.pipeline.get_by_name("sink")
             self.pipeline.set_state(Gst.State.PLAYING)
 
@@ -126,9 +136,11 @@ def main_serve(args: argparse.Namespace) -> int:
                     err, debug = msg.parse_error()
                     raise RuntimeError(f"{self.name}: {err.message} ({debug})")
                 if self.sink.get_property("eos"):
-                    # Loop: a fresh run of the decode pipeline from the start of the file.
+                    # Loop: a new decode pipeline from the start of the file. Not the same pipeline set to NULL
+                    # and back to PLAYING: parse_launch links decodebin's pad once, when it first appears, so
+                    # the second run's new pad stayed unlinked and the demuxer stopped ("not-linked").
                     self.pipeline.set_state(Gst.State.NULL)
-                    self.pipeline.set_state(Gst.State.PLAYING)
+                    self._build()
             return None
 
         def close(self) -> None:
@@ -140,6 +152,17 @@ def main_serve(args: argparse.Namespace) -> int:
             f'filesrc location="{location}" ! decodebin ! videoconvert ! video/x-raw,format=I420 '
             "! appsink name=sink sync=false max-buffers=2 emit-signals=false",
             name=str(path),
+        )
+
+    def scaled_file_producer(path: Path, width: int, height: int, fps: int) -> Producer:
+        # videorate repeats (or drops) frames to reach ``fps``; the appsink's caps carry it, so the feeder paces
+        # at that rate. Scaling ignores the aspect ratio (a camera's picture fills its frame).
+        location = str(path).replace("\\", "\\\\").replace('"', '\\"')
+        return Producer(
+            f'filesrc location="{location}" ! decodebin ! videoconvert ! videoscale ! videorate '
+            f"! video/x-raw,format=I420,width={width},height={height},framerate={fps}/1,pixel-aspect-ratio=1/1 "
+            "! appsink name=sink sync=false max-buffers=2 emit-signals=false",
+            name=f"{path} at {width}x{height}",
         )
 
     def clock_producer() -> Producer:
@@ -273,8 +296,11 @@ def main_serve(args: argparse.Namespace) -> int:
     vtest = Path(args.vtest)
     if vtest.is_file():
         add_fed_mount(mounts, "/vtest", lambda: file_producer(vtest), 10, stamped=False, paced=True, shared=True)
+        add_fed_mount(mounts, "/street720",
+                      lambda: scaled_file_producer(vtest, STREET_WIDTH, STREET_HEIGHT, STREET_FPS),
+                      STREET_FPS, stamped=True, paced=True, shared=True)
     else:
-        log.warning("%s missing (scripts/fetch-media fetches it): /vtest not served", vtest)
+        log.warning("%s missing (scripts/fetch-media fetches it): /vtest and /street720 not served", vtest)
     add_fed_mount(mounts, "/clock", clock_producer, CLOCK_FPS, stamped=True, paced=False, shared=True)
     add_fed_mount(mounts, "/slices", clock_producer, CLOCK_FPS, stamped=True, paced=False, shared=True,
                   x264=' option-string="slices=4"')
@@ -293,7 +319,7 @@ def main_serve(args: argparse.Namespace) -> int:
     GLib.timeout_add_seconds(2, lambda: (server.get_session_pool().cleanup(), True)[1])
     for signum in (signal.SIGTERM, signal.SIGINT):
         GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signum, loop.quit)
-    log.info("serving rtsp://%s:%d/{bikes,vtest,clock,slices,stall,audio}", args.host, args.port)
+    log.info("serving rtsp://%s:%d/{bikes,vtest,street720,clock,slices,stall,audio}", args.host, args.port)
     loop.run()
     log.info("stopping")
     for feeder in list(feeders):
