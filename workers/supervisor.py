@@ -192,7 +192,7 @@ class Supervisor:
             live=svc.live.model_dump(),
         )
         self._inference_settings = InferenceSettings(
-            run_id=self.run_id, max_batch=svc.max_batch, max_wait_s=svc.max_batch_wait_ms / 1000.0,
+            run_id=self.run_id, max_batch=svc.max_batch or self.cfg.Global.batch_size, max_wait_s=svc.max_batch_wait_ms / 1000.0,
             staleness_s=svc.staleness_ms / 1000.0, live_backlog=svc.live_backlog,
             live_max_age_s=svc.live_max_age_ms / 1000.0, sink_queue_size=svc.sink_queue_size,
             sink_close_timeout_s=svc.sink_close_timeout_s, stats_interval_s=svc.stats_interval_s,
