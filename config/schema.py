@@ -129,12 +129,13 @@ class ServiceSection(Section):
     max_streams: int = Field(16, ge=1, le=1024, description="Most streams at once (sizes the frame queue); adding more is refused.")
     slots_per_stream: int = Field(4, ge=2, le=64, description="Shared-memory frame slots per stream.")
     max_frame_bytes: int = Field(1920 * 1080 * 3, ge=1, description="Initial slot size (BGR bytes); larger frames grow the slots.")
-    # On 2 CPU cores, batching across cameras bought 7-12 % throughput but 60-270 ms more p99 latency
-    # (bench/live_latency.py, docs/benchmarks.md); on a GPU raise it. None: Global.batch_size.
-    max_batch: int | None = Field(None, ge=1, le=256, description="Most frames in one inference batch, across streams; default Global.batch_size.")
+    # On 2 CPU cores and cameras only, max_batch 1 with live_backlog 1 halves p99 latency
+    # (docs/benchmarks.md), but then a file stream, always ready, takes most of inference from the
+    # cameras (oldest-first picks); 4 keeps one frame per stream per round. None: Global.batch_size.
+    max_batch: int | None = Field(4, ge=1, le=256, description="Most frames in one inference batch, across streams; null: Global.batch_size.")
     max_batch_wait_ms: float = Field(10.0, ge=0, le=10_000, description="A batch closes when its oldest frame waited this long, full or not.")
     staleness_ms: float = Field(100.0, ge=0, le=60_000, description="A frame that waited this long goes into the next batch before any other.")
-    live_backlog: int = Field(1, ge=1, le=64, description="Newest frames a live stream keeps waiting for inference; older ones are dropped and counted.")
+    live_backlog: int = Field(2, ge=1, le=64, description="Newest frames a live stream keeps waiting for inference; older ones are dropped and counted.")
     live_max_age_ms: float = Field(1000.0, gt=0, le=600_000, description="A live frame older than this (since capture) when its batch starts is dropped and counted.")
     sink_queue_size: int = Field(1000, ge=1, le=10_000_000, description="Results waiting per sink; when full the oldest is dropped and counted.")
     sink_close_timeout_s: float = Field(15.0, gt=0, le=3600, description="At shutdown, how long each sink may take to deliver what waits.")
