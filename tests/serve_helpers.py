@@ -12,12 +12,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.polling import wait_for  # noqa: F401  (re-exported for the serve tests)
 from kafka import KafkaConsumer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,18 +28,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, *, every_s: float = 0.1) -> Any:
-    """Poll until ``condition()`` is truthy and return it; fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"no {what} within {timeout_s:g}s")
-        time.sleep(every_s)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import av
@@ -26,6 +25,7 @@ from stream.errors import SourceError
 from stream.frames import Frame
 from stream.live import LiveOptions, LiveSource, SourceState
 from stream.sources import open_source
+from tests.polling import wait_for
 
 NOW_MS = 1_764_000_000_123  # late 2025, a realistic stamp
 
@@ -38,15 +38,6 @@ def rtsp_base() -> str:
 
 
 # ---------------------------------------------------------------------------------------------- helpers -------
-def wait_for(condition: Callable[[], object], timeout_s: float, what: str) -> None:
-    """Poll ``condition`` until it is true; fail naming ``what`` at the deadline (a bound, not a timing claim)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"no {what} within {timeout_s:g}s")
-        time.sleep(0.02)
-
-
 def take(source: LiveSource, count: int, timeout_s: float = 20.0) -> list[Frame]:
     frames: list[Frame] = []
     deadline = time.monotonic() + timeout_s

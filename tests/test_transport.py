@@ -12,7 +12,6 @@ import multiprocessing as mp
 import os
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -36,6 +35,7 @@ from stream.transport import (
     run_prefix,
     unlink_stream_segments,
 )
+from tests.polling import wait_for
 
 FRAMES = 200
 SPAWN = mp.get_context("spawn")
@@ -48,14 +48,6 @@ def digest(image: np.ndarray) -> str:
 def shm_entries(run_id: str) -> list[str]:
     """What /dev/shm holds for this run, listed directly."""
     return sorted(name for name in os.listdir(SHM_DIR) if name.startswith(run_prefix(run_id)))
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Poll a condition another process makes true (the shared counters have no wake-up)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout_s}s waiting for {what}"
-        time.sleep(0.0005)
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +150,7 @@ def test_live_mode_slow_consumer_drops_oldest_and_never_sees_a_torn_frame(
                 index = item.ref.index
                 assert digest(item.image_bgr) == bikes_digests[index], f"frame {index} torn or wrong on arrival"
                 target = min(consumer.counters("cam").written + slots + 2, FRAMES)
-                wait_until(lambda: consumer.counters("cam").written >= target, 60, f"{target} frames written")
+                wait_for(lambda: consumer.counters("cam").written >= target, 60, f"{target} frames written", every_s=0.0005)
                 assert digest(item.image_bgr) == bikes_digests[index], f"frame {index} overwritten while held"
                 received.append(index)
     finally:
@@ -245,7 +237,7 @@ def test_consumer_gets_a_clear_error_when_the_producer_is_killed(bikes_mp4: Path
         assert isinstance(first, FrameLease) and first.ref.index == 0
         first.release()
         # File mode: the producer fills the ring again and blocks, waiting for a free slot.
-        wait_until(lambda: consumer.counters("cam").written >= 5, 60, "the ring to fill")
+        wait_for(lambda: consumer.counters("cam").written >= 5, 60, "the ring to fill", every_s=0.0005)
         os.kill(proc.pid, signal.SIGKILL)  # not reaped until the error: a zombie must read as dead too
         killed = time.perf_counter()
         delivered = 0
