@@ -145,6 +145,11 @@ class ServiceSection(Section):
     http_host: str = Field("127.0.0.1", min_length=1, description="HTTP API address (--http HOST:PORT).")
     http_port: int | None = Field(None, ge=0, le=65535, description="HTTP API port; null: no HTTP API.")
     api_token_env: str = Field("VIDREC_API_TOKEN", min_length=1, description="Environment variable holding the bearer token for POST/DELETE.")
+    http_read_auth: bool = Field(False, description="GET routes (metrics, overlay, stream views, recognitions) need the token too; /healthz stays open.")
+    overlay_fps: float = Field(5.0, gt=0, le=60, description="Most overlay snapshots per second per stream someone is watching (JPEG, encoded only while watched).")
+    overlay_max_width: int = Field(960, ge=64, le=7680, description="Overlay snapshots wider than this are scaled down (boxes stay in frame pixels).")
+    overlay_jpeg_quality: int = Field(75, ge=10, le=100)
+    gallery_image_root: str | None = Field(None, description="Folder the gallery API may read images from (no path outside it); null: IndexProcess.image_root.")
     live: LiveSection = Field(default_factory=LiveSection)
 
     @model_validator(mode="after")
