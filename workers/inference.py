@@ -49,6 +49,15 @@ from stream.errors import SinkError, SourceError
 from stream.sinks.async_sink import AsyncSink
 from stream.transport import EndOfStream, FrameConsumer, FrameLease, ProducerDiedError, StreamCounters
 from workers.batcher import Batcher
+from workers.metrics import (
+    BATCH_SIZE_BUCKETS,
+    INFERENCE_BUCKETS_S,
+    LATENCY_BUCKETS_S,
+    MODELS,
+    WAIT_BUCKETS_S,
+    Histogram,
+)
+from workers.snapshots import SnapshotEncoder
 from workers.ingest import ParentWatch, StreamPlan, detach_queues, setup_child
 from workers.video_job import VideoOutputs, gallery_watcher, open_sinks, to_results
 
@@ -56,6 +65,9 @@ log = logging.getLogger(__name__)
 
 STARTUP_ERRORS = (ConfigError, ModelError, GalleryError, SourceError, SinkError)
 _LATENCY_WINDOW = 512
+_MAX_LABELS = 10_000  # distinct gallery labels counted one by one; more are counted as "(other)"
+_TOP_LABELS = 100  # labels reported to the supervisor (by count); the rest summed as "(other)"
+OTHER_LABEL = "(other)"
 
 
 # ------------------------------------------------------------------------------------------- messages -----
@@ -70,6 +82,9 @@ class InferenceSettings:
     sink_queue_size: int
     sink_close_timeout_s: float
     stats_interval_s: float
+    overlay_fps: float = 5.0
+    overlay_max_width: int = 960
+    overlay_jpeg_quality: int = 75
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +101,15 @@ class StreamState:
 @dataclass(frozen=True, slots=True)
 class Drain:
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class Watch:
+    """Someone looks at this stream's overlay: send ``Snapshot``s of its processed frames until ``until``
+    (wall-clock), at most ``fps`` a second."""
+
+    stream_id: str
+    until: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +140,9 @@ class StreamInference:
     last: dict[str, float]
     ended: bool
     final_transport: StreamCounters | None
+    detected: int = 0  # boxes in published results
+    recognized: int = 0  # boxes the gallery named
+    e2e_seconds: Histogram | None = None  # capture -> accepted by the first sink
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +153,11 @@ class InferenceStats:
     batches: int
     frames: int
     gallery_version: int | None
+    gallery_entries: int = 0
+    batch_size: Histogram | None = None
+    batch_wait_seconds: Histogram | None = None
+    inference_seconds: dict[str, Histogram] = field(default_factory=dict)
+    labels: dict[str, dict[str, int]] = field(default_factory=dict)  # label -> stream -> named boxes (top ones)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +195,11 @@ class _Stream:
     totals: deque = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
     e2e: deque = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
     last: dict[str, float] = field(default_factory=dict)
+    detected: int = 0
+    recognized: int = 0
+    # Observed by the first sink's writer thread (a list item and a float, safe under the GIL; the
+    # snapshot's count is the sum of its buckets, so it is always consistent in itself).
+    e2e_seconds: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS_S))
 
     @property
     def live(self) -> bool:
@@ -179,6 +216,7 @@ class _Stream:
             taken=self.taken, processed=self.processed, dropped_backlog=self.dropped_backlog,
             dropped_too_old=self.dropped_too_old, errors=self.errors, last_index=self.last_index, latency_ms=latency,
             last={k: round(v, 2) for k, v in self.last.items()}, ended=self.ended, final_transport=self.final_transport,
+            detected=self.detected, recognized=self.recognized, e2e_seconds=self.e2e_seconds.copy(),
         )
 
 
@@ -199,7 +237,17 @@ class InferenceWorker:
         for sink in sinks:
             if hasattr(sink, "flush_timeout_s"):
                 sink.flush_timeout_s = settings.sink_close_timeout_s
-        self.sinks = [AsyncSink(sink, name=_sink_name(sink), max_queue=settings.sink_queue_size) for sink in sinks]
+        # End-to-end latency is taken when the first sink (Kafka when configured) accepted the result.
+        self.sinks = [
+            AsyncSink(sink, name=_sink_name(sink), max_queue=settings.sink_queue_size,
+                      on_written=self._observe_e2e if i == 0 else None)
+            for i, sink in enumerate(sinks)
+        ]
+        self.batch_size = Histogram(BATCH_SIZE_BUCKETS)
+        self.batch_wait = Histogram(WAIT_BUCKETS_S)
+        self.model_seconds = {model: Histogram(INFERENCE_BUCKETS_S) for model in MODELS}
+        self.labels: dict[str, dict[str, int]] = {}
+        self.snapshots = SnapshotEncoder(settings.overlay_fps, settings.overlay_max_width, settings.overlay_jpeg_quality)
         self.batcher: Batcher[_Item] = Batcher(
             settings.max_batch, settings.max_wait_s, settings.staleness_s, key=lambda item: item.stream_id
         )
@@ -216,6 +264,16 @@ class InferenceWorker:
     def gallery_version(self) -> int | None:
         gallery = self.system.gallery
         return None if gallery is None else gallery.version
+
+    @property
+    def gallery_entries(self) -> int:
+        gallery = self.system.gallery
+        return 0 if gallery is None else gallery.size
+
+    def _observe_e2e(self, result: Any) -> None:
+        info = self.streams.get(result.stream_id)
+        if info is not None:
+            info.e2e_seconds.observe(max(0.0, time.time() - result.capture_time))
 
     def _warm_up(self) -> None:
         """One small and one full batch, so the first camera frames do not pay for the runtime's first runs."""
@@ -280,6 +338,8 @@ class InferenceWorker:
                 info = self.streams.get(message.stream_id)
                 if info is not None:
                     info.state = message.state
+            elif isinstance(message, Watch):
+                self.snapshots.watch(message.stream_id, message.until)
             elif isinstance(message, Drain):
                 self._draining = True
             else:
@@ -340,6 +400,7 @@ class InferenceWorker:
 
     def _run_batch(self, batch: list[_Item]) -> None:
         started = time.time()
+        self.batch_wait.observe(max(0.0, time.monotonic() - min(item.arrived for item in batch)))
         fresh: list[_Item] = []
         for item in batch:
             info = self.streams[item.stream_id]
@@ -355,21 +416,31 @@ class InferenceWorker:
             if gallery is not None:
                 self.system.set_gallery(gallery)
                 log.info("gallery version %d loaded", gallery.version)
-        results = None
         frames = [item.lease.frame(copy=False) for item in fresh]
         try:
-            stamps = [decode_clock(frame.image_bgr) if self._stamped(frame.stream_id) else None for frame in frames]
-            recognition = self.system.run([frame.image_bgr for frame in frames])
-            results = to_results(frames, recognition, self.class_names)
-        except Exception as exc:  # noqa: BLE001 - one bad batch must not stop every camera
-            self._count_error(fresh, exc)
+            try:
+                stamps = [decode_clock(frame.image_bgr) if self._stamped(frame.stream_id) else None for frame in frames]
+                recognition = self.system.run([frame.image_bgr for frame in frames])
+                results = to_results(frames, recognition, self.class_names)
+            except Exception as exc:  # noqa: BLE001 - one bad batch must not stop every camera
+                self._count_error(fresh, exc)
+                return
+            self._publish(fresh, results, stamps, started, recognition.times)
+            # Pixels for the overlay only after the results went to the sinks: results never wait for them.
+            for frame, result in zip(frames, results):
+                snapshot = self.snapshots.maybe_encode(frame, result.frame_index)
+                if snapshot is not None:
+                    self._status.put(snapshot)
         finally:
             del frames  # the pixel views must be gone before their slots are released
             for item in fresh:
                 item.lease.release()
-        if results is None:
-            return
+
+    def _publish(self, fresh: list[_Item], results: list[Any], stamps: list[Any], started: float, times: Any) -> None:
         self._batches += 1
+        self.batch_size.observe(len(fresh))
+        for model, ms in zip(MODELS, (times.detect, times.recognize, times.search)):
+            self.model_seconds[model].observe(ms / 1000.0)
         handed = time.time()
         for item, result, stamp in zip(fresh, results, stamps):
             info = self.streams[item.stream_id]
@@ -383,10 +454,38 @@ class InferenceWorker:
             result = replace(result, stream_state=info.state)
             for sink in self.sinks:
                 sink.write(result)
+            if not self.sinks:
+                info.e2e_seconds.observe(latency["total"] / 1000.0)
             info.processed += 1
+            info.detected += len(result.objects)
+            for obj in result.objects:
+                if obj.label is not None:
+                    info.recognized += 1
+                    self._count_label(obj.label, item.stream_id)
             info.totals.append(latency["total"])
             info.last = dict(latency)
             self._frames += 1
+
+    def _count_label(self, label: str, stream_id: str) -> None:
+        per_stream = self.labels.get(label)
+        if per_stream is None:
+            if len(self.labels) >= _MAX_LABELS:
+                per_stream = self.labels.setdefault(OTHER_LABEL, {})
+            else:
+                per_stream = self.labels[label] = {}
+        per_stream[stream_id] = per_stream.get(stream_id, 0) + 1
+
+    def _top_labels(self) -> dict[str, dict[str, int]]:
+        ranked = sorted(self.labels.items(), key=lambda kv: -sum(kv[1].values()))
+        top = {label: dict(streams) for label, streams in ranked[:_TOP_LABELS] if label != OTHER_LABEL}
+        rest: dict[str, int] = {}
+        for label, streams in ranked:
+            if label not in top:
+                for sid, n in streams.items():
+                    rest[sid] = rest.get(sid, 0) + n
+        if rest:
+            top[OTHER_LABEL] = rest
+        return top
 
     def _stamped(self, stream_id: str) -> bool:
         plan = self.streams[stream_id].plan
@@ -417,6 +516,11 @@ class InferenceWorker:
             batches=self._batches,
             frames=self._frames,
             gallery_version=self.gallery_version,
+            gallery_entries=self.gallery_entries,
+            batch_size=self.batch_size.copy(),
+            batch_wait_seconds=self.batch_wait.copy(),
+            inference_seconds={model: hist.copy() for model, hist in self.model_seconds.items()},
+            labels=self._top_labels(),
         )
 
     def _maybe_report(self) -> None:

@@ -33,7 +33,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topic", help="Kafka topic (default: Kafka.topic)")
     parser.add_argument("--redis", metavar="URL", help="cache results in Redis, e.g. redis://127.0.0.1:6379/0")
     parser.add_argument("--http", metavar="HOST:PORT",
-                        help="serve the HTTP API here (GET/POST/DELETE /streams, /healthz); default: Service.http_port")
+                        help="serve the HTTP API here (/streams, /gallery, /metrics, /overlay, /healthz); default: Service.http_port")
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,9 @@ def plan_service(args: argparse.Namespace) -> ServePlan:
     http = parse_http(args.http) if args.http else (
         (cfg.Service.http_host, cfg.Service.http_port) if cfg.Service.http_port is not None else None)
     token = os.environ.get(cfg.Service.api_token_env) or None
+    if cfg.Service.http_read_auth and token is None:
+        raise ConfigError(f"Service.http_read_auth is on but ${cfg.Service.api_token_env} holds no token: "
+                          "set it, or turn http_read_auth off")
     if not plans and http is None:
         raise ConfigError("nothing to serve: give --stream ID=URL, a config with streams, or --http to add them later")
     if not (cfg.Kafka.bootstrap or cfg.Redis.url):

@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
+import os
 import queue as queue_mod
 import signal
 import threading
@@ -61,6 +62,7 @@ from workers.inference import (
     StreamFinished,
     StreamInference,
     StreamState,
+    Watch,
     inference_main,
 )
 from workers.ingest import (
@@ -79,6 +81,8 @@ from workers.ingest import (
     resolve_kind,
 )
 from stream.transport import make_frame_queue, new_run_id, unlink_run_segments, unlink_stream_segments
+from workers import metrics as m
+from workers.snapshots import Snapshot, SnapshotStore
 
 log = logging.getLogger("vidrec")
 
@@ -196,7 +200,12 @@ class Supervisor:
             staleness_s=svc.staleness_ms / 1000.0, live_backlog=svc.live_backlog,
             live_max_age_s=svc.live_max_age_ms / 1000.0, sink_queue_size=svc.sink_queue_size,
             sink_close_timeout_s=svc.sink_close_timeout_s, stats_interval_s=svc.stats_interval_s,
+            overlay_fps=svc.overlay_fps, overlay_max_width=svc.overlay_max_width,
+            overlay_jpeg_quality=svc.overlay_jpeg_quality,
         )
+        self.snapshots = SnapshotStore()
+        self._restart_totals: Counter = Counter()
+        self._collector = m.ServiceCollector(self.metrics_snapshot)
 
     # ================================================================================ lifecycle ==========
     def run(self) -> int:
@@ -208,7 +217,9 @@ class Supervisor:
             if self._http_addr is not None:
                 host, port = self._http_addr
                 try:
-                    self._api = ApiServer(host, port, self, token=self._api_token)
+                    self._api = ApiServer(host, port, self, token=self._api_token,
+                                          read_auth=self.service.http_read_auth, gallery=self._gallery_api(),
+                                          results=self._result_follower())
                 except OSError as exc:
                     raise ServiceError(f"cannot serve the HTTP API on {host}:{port}: {exc.strerror or exc}") from None
                 self._api.start()
@@ -231,6 +242,22 @@ class Supervisor:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self._cleanup()
+
+    def _gallery_api(self) -> Any:
+        if not self.cfg.IndexProcess.index_dir:
+            return None
+        try:
+            from workers.gallery_api import GalleryService
+        except ImportError:  # TEMP until gallery_api lands
+            return None
+        return GalleryService(self.cfg, mp_context=self._ctx)
+
+    def _result_follower(self) -> Any:
+        if not self.cfg.Redis.url:
+            return None
+        from workers.overlay_events import ResultFollower
+
+        return ResultFollower(self.cfg.Redis.url, self.cfg.Redis.key_prefix)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if self._stop.is_set():
@@ -379,6 +406,7 @@ class Supervisor:
             elif now >= child.restart_at:
                 with self._lock:
                     self._ingest[index] = fresh = self._spawn_ingest(index, restarts=child.restarts + 1)
+                    self._restart_totals[child.name] += 1
                     for entry in self._streams.values():
                         if entry.ingest == index and entry.plan.kind == "live":
                             entry.first_index = self._first_index(entry.plan)
@@ -452,6 +480,7 @@ class Supervisor:
                 if entry is not None and entry.removing:
                     self._fold(entry, message.final)
                     del self._streams[message.stream_id]
+                    self.snapshots.forget(message.stream_id)
                     log.info("%s: removed", message.stream_id)
             elif isinstance(message, IngestExited):
                 self._ingest_exited.add(message.process)
@@ -464,6 +493,9 @@ class Supervisor:
             elif isinstance(message, InferenceExited):
                 self._inference_exit = message
                 self._handle(message.stats)
+            elif isinstance(message, Snapshot):
+                if message.stream_id in self._streams:
+                    self.snapshots.add(message)
             elif isinstance(message, InferenceReady):
                 self._ready = message
             elif isinstance(message, InferenceFatal):
@@ -573,6 +605,81 @@ class Supervisor:
                     del self._streams[stream_id]
                 log.info("%s: removing", stream_id)
             return {"id": stream_id, "removing": True}
+
+    # -- metrics, recognitions and overlay snapshots (thread-safe) ---------------------------------------------
+    def metrics(self) -> bytes:
+        return m.render(self._collector)
+
+    def metrics_snapshot(self) -> m.ServiceMetrics:
+        from workers import __version__
+
+        with self._lock:
+            stats = self._inference_stats
+            streams = [self._stream_metrics(entry) for entry in self._streams.values()]
+            sinks = []
+            for s in (stats.sinks if stats is not None else []):
+                sinks.append(m.SinkMetrics(s["name"], s["written"], s["errors"], s["dropped"], {"memory": s["queued"]}))
+            known = {s.name for s in sinks}
+            sinks += [m.SinkMetrics(name, 0, 0, 0, {"memory": 0}) for name in self._sink_names if name not in known]
+            processes: dict[str, int | None] = {"supervisor": os.getpid(), "inference": _pid(self._inference)}
+            for child in self._ingest:
+                processes[child.name] = _pid(child)
+            return m.ServiceMetrics(
+                version=__version__, run_id=self.run_id, streams=streams, sinks=sinks,
+                batches=stats.batches if stats else 0,
+                batch_size=stats.batch_size if stats else None,
+                batch_wait=stats.batch_wait_seconds if stats else None,
+                inference=dict(stats.inference_seconds) if stats else {},
+                gallery_entries=stats.gallery_entries if stats else 0,
+                gallery_version=stats.gallery_version if stats else None,
+                processes=processes, restarts=dict(self._restart_totals),
+            )
+
+    def _stream_metrics(self, entry: _Entry) -> m.StreamMetrics:
+        totals = Counter(self._past.get(entry.plan.id, {}))
+        ing = entry.ingest_stats
+        if ing is not None:
+            totals.update(_snapshot_counts(ing))
+        inf = entry.inference
+        dropped = {
+            "every_nth": totals["skipped"], "source": totals["dropped_source"],
+            "backlog": inf.dropped_backlog if inf else 0, "too_old": inf.dropped_too_old if inf else 0,
+            "inference_error": inf.errors if inf else 0,
+        }
+        for reason in ("overwritten", "ring_in_use", "closed"):
+            dropped[reason] = totals[f"ring:{reason}"]
+        return m.StreamMetrics(
+            stream=entry.plan.id, state=entry.state,
+            last_frame_age_s=None if ing is None else ing.last_frame_age_s,
+            decoded=totals["decoded"], processed=inf.processed if inf else 0, dropped=dropped,
+            reconnects=totals["reconnects"], decode_errors=totals["decode_errors"],
+            detected=inf.detected if inf else 0, recognized=inf.recognized if inf else 0,
+            e2e=inf.e2e_seconds if inf else None,
+        )
+
+    def recognitions(self) -> dict[str, Any]:
+        """Named objects per gallery label in the published results (top labels; docs/metrics.md)."""
+        with self._lock:
+            stats = self._inference_stats
+            labels = dict(stats.labels) if stats is not None else {}
+        rows = [{"label": label, "count": sum(streams.values()), "streams": dict(sorted(streams.items()))}
+                for label, streams in labels.items()]
+        rows.sort(key=lambda row: (-row["count"], row["label"]))
+        return {"labels": rows, "total": sum(row["count"] for row in rows)}
+
+    def snapshot(self, stream_id: str, index: int | None = None) -> Snapshot:
+        """The newest overlay snapshot of a stream (or of frame ``index``); asks inference for more."""
+        with self._lock:
+            if stream_id not in self._streams:
+                raise ApiError(HTTPStatus.NOT_FOUND, f"no stream {stream_id!r}")
+            until = self.snapshots.watch_due(stream_id)
+            if until is not None:
+                self._inference_control(Watch(stream_id, until))
+        snap = self.snapshots.get(stream_id, index)
+        if snap is None:
+            what = "no snapshot yet" if index is None else f"no snapshot of frame {index} (kept: the newest {self.snapshots.keep})"
+            raise ApiError(HTTPStatus.NOT_FOUND, f"stream {stream_id!r}: {what}")
+        return snap
 
     def _view(self, entry: _Entry) -> dict[str, Any]:
         plan = entry.plan

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from stream.errors import SinkError
 from stream.messages import FrameResult
@@ -58,12 +58,14 @@ def _kind(exc: BaseException) -> str:
 class AsyncSink:
     """Wraps ``inner`` with a queue of ``max_queue`` results and a writer thread, started here."""
 
-    def __init__(self, inner: ResultSink, *, name: str, max_queue: int = 1000) -> None:
+    def __init__(self, inner: ResultSink, *, name: str, max_queue: int = 1000,
+                 on_written: Callable[[FrameResult], None] | None = None) -> None:
         if max_queue < 1:
             raise ValueError(f"AsyncSink max_queue must be >= 1, got {max_queue}")
         self.inner = inner
         self.name = name
         self.max_queue = max_queue
+        self._on_written = on_written  # called in the writer thread after each accepted result
         self._cond = threading.Condition()
         self._queue: deque[tuple[FrameResult, float]] = deque()
         self._busy = False  # the thread holds a result it has not finished writing
@@ -185,6 +187,11 @@ class AsyncSink:
                 self._publish_ms.append(elapsed_ms)
                 recovered = self._failing
                 self._failing = False
+            if self._on_written is not None:
+                try:
+                    self._on_written(result)
+                except Exception:  # noqa: BLE001 - an observer's bug must not stop publishing
+                    log.exception("sink %s: on_written callback failed", self.name)
             if recovered:
                 log.warning("sink %s: writing again (%d error(s) so far)", self.name, sum(self._errors.values()))
 
