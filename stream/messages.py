@@ -60,6 +60,10 @@ class FrameResult:
     gallery_version: int | None = None
     schema_version: int = field(default=SCHEMA_VERSION)
     stream_state: str | None = None
+    # Set by the live service: ``seq`` counts this stream's results in this ``run_id`` from 0, one by one, so a
+    # consumer drops a repeat (same run_id, stream_id, seq) and sees a gap as results lost (and counted).
+    seq: int | None = None
+    run_id: str | None = None
 
     def __post_init__(self) -> None:
         if "total" not in self.latency_ms:
@@ -79,13 +83,18 @@ class FrameResult:
             for obj in data["objects"]
         ]
         data["latency_ms"] = {k: round(float(v), 3) for k, v in self.latency_ms.items()}
-        if data["stream_state"] is None:
-            del data["stream_state"]  # optional: messages without it stay byte-identical to before
+        for optional in ("stream_state", "seq", "run_id"):
+            if data[optional] is None:
+                del data[optional]  # optional: messages without them stay byte-identical to before
         return data
 
     def to_json(self) -> str:
         """Compact JSON, one line (JSONL- and Kafka-ready)."""
         return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> "FrameResult":
+        return cls.from_dict(json.loads(text))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FrameResult":

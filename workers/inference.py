@@ -83,6 +83,7 @@ class InferenceSettings:
     sink_close_timeout_s: float
     stats_interval_s: float
     overlay_fps: float = 5.0
+    incarnation: int = 0  # how many times the supervisor started this worker before (results' run_id)
     overlay_max_width: int = 960
     overlay_jpeg_quality: int = 75
 
@@ -197,6 +198,7 @@ class _Stream:
     last: dict[str, float] = field(default_factory=dict)
     detected: int = 0
     recognized: int = 0
+    seq: int = 0  # the next result's seq
     # Observed by the first sink's writer thread (a list item and a float, safe under the GIL; the
     # snapshot's count is the sum of its buckets, so it is always consistent in itself).
     e2e_seconds: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS_S))
@@ -252,6 +254,8 @@ class InferenceWorker:
             settings.max_batch, settings.max_wait_s, settings.staleness_s, key=lambda item: item.stream_id
         )
         self.streams: dict[str, _Stream] = {}
+        inc = settings.incarnation
+        self.result_run_id = settings.run_id if inc == 0 else f"{settings.run_id}.{inc}"
         self._ending: set[str] = set()
         self._batches = 0
         self._frames = 0
@@ -451,7 +455,8 @@ class InferenceWorker:
             if stamp is not None:
                 latency["camera"] = max(0.0, capture * 1000.0 - stamp)
                 info.e2e.append(latency["camera"] + latency["total"])
-            result = replace(result, stream_state=info.state)
+            result = replace(result, stream_state=info.state, seq=info.seq, run_id=self.result_run_id)
+            info.seq += 1
             for sink in self.sinks:
                 sink.write(result)
             if not self.sinks:

@@ -1,0 +1,189 @@
+"""A bounded FIFO of results waiting for a sink: memory first, then segment files on disk.
+
+While the sink is healthy the spool holds a handful of results. While it is down (a Kafka broker gone for
+half a minute), results keep coming from inference and must neither stall it nor be lost: the oldest
+``memory_max`` wait in memory, the newer ones are appended to segment files under ``directory`` (JSON lines,
+``segment_bytes`` each), and as memory empties, results are read back from the oldest segment, so the order
+is always the order of ``put``. When the disk part would pass ``disk_max_bytes``, its oldest segment is
+deleted (with no disk configured: the oldest result in memory is), and what was dropped is counted per stream
+and returned, so the caller can say so.
+
+One writer thread and one reader thread may use it at once (a lock guards every method). The files are this
+spool's alone: ``directory`` is emptied when it opens and when it closes.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stream.messages import FrameResult
+
+
+@dataclass
+class _Segment:
+    path: Path
+    count: int = 0  # results written to it
+    read: int = 0  # results read back from it
+    nbytes: int = 0
+    streams: Counter = field(default_factory=Counter)  # results not yet read, per stream
+    reader: object | None = None  # open file while it is being read
+
+
+class Spool:
+    def __init__(self, memory_max: int, directory: str | Path | None = None, *, disk_max_bytes: int = 0,
+                 segment_bytes: int = 4 * 1024 * 1024) -> None:
+        if memory_max < 1:
+            raise ValueError(f"spool memory_max must be >= 1, got {memory_max}")
+        if directory is not None and disk_max_bytes < segment_bytes:
+            raise ValueError(f"spool disk_max_bytes ({disk_max_bytes}) must be at least one segment ({segment_bytes})")
+        self.memory_max = memory_max
+        self.directory = None if directory is None else Path(directory)
+        self.disk_max_bytes = disk_max_bytes
+        self.segment_bytes = segment_bytes
+        self._lock = threading.Lock()
+        self._memory: deque[FrameResult] = deque()
+        self._segments: deque[_Segment] = deque()
+        self._writer: object | None = None  # open file of the newest segment
+        self._next_segment = 0
+        self._inflight = 0  # the oldest results the reader peeked and is delivering: never dropped
+        self.dropped: Counter = Counter()  # per stream, since the start
+        if self.directory is not None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            for stale in self.directory.glob("segment-*.jsonl"):
+                stale.unlink()
+
+    # -- sizes --------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._memory) + sum(s.count - s.read for s in self._segments)
+
+    def depth(self) -> dict[str, int]:
+        """Results waiting, by tier: ``memory`` and ``disk``."""
+        with self._lock:
+            return {"memory": len(self._memory), "disk": sum(s.count - s.read for s in self._segments)}
+
+    def disk_bytes(self) -> int:
+        with self._lock:
+            return sum(s.nbytes for s in self._segments)
+
+    # -- writer side --------------------------------------------------------------------------------------
+    def put(self, result: FrameResult) -> Counter:
+        """Add the newest result; returns what had to be dropped to make room (per stream, usually empty)."""
+        dropped: Counter = Counter()
+        with self._lock:
+            if not self._segments and len(self._memory) < self.memory_max:
+                self._memory.append(result)
+                return dropped
+            if self.directory is None:
+                if len(self._memory) > self._inflight:
+                    old = self._memory[self._inflight]  # the oldest one not being delivered right now
+                    del self._memory[self._inflight]
+                    dropped[old.stream_id] += 1
+                    self._memory.append(result)
+                else:
+                    dropped[result.stream_id] += 1  # every one in memory is on its way: no room for it
+            else:
+                self._append_to_disk(result)
+                while sum(s.nbytes for s in self._segments) > self.disk_max_bytes and len(self._segments) > 1:
+                    dropped.update(self._drop_oldest_segment())
+            self.dropped.update(dropped)
+        return dropped
+
+    def _append_to_disk(self, result: FrameResult) -> None:
+        line = (result.to_json() + "\n").encode("utf-8")
+        newest = self._segments[-1] if self._segments else None
+        if newest is None or self._writer is None or newest.nbytes + len(line) > self.segment_bytes:
+            if self._writer is not None:
+                self._writer.close()
+            assert self.directory is not None
+            path = self.directory / f"segment-{self._next_segment:08d}.jsonl"
+            self._next_segment += 1
+            self._writer = open(path, "ab")
+            newest = _Segment(path)
+            self._segments.append(newest)
+        self._writer.write(line)
+        self._writer.flush()  # the reader opens the file itself
+        newest.count += 1
+        newest.nbytes += len(line)
+        newest.streams[result.stream_id] += 1
+
+    def _drop_oldest_segment(self) -> Counter:
+        segment = self._segments.popleft()
+        if segment.reader is not None:
+            segment.reader.close()
+        segment.path.unlink(missing_ok=True)
+        return segment.streams
+
+    # -- reader side --------------------------------------------------------------------------------------
+    def peek(self, n: int) -> list[FrameResult]:
+        """The oldest ``n`` results (fewer when fewer wait), without removing them; until the next ``pop``
+        they are not dropped to make room."""
+        with self._lock:
+            self._refill(n)
+            items = [self._memory[i] for i in range(min(n, len(self._memory)))]
+            self._inflight = len(items)
+            return items
+
+    def pop(self, n: int) -> None:
+        """Remove the oldest ``n`` results (after they were delivered)."""
+        with self._lock:
+            if n > self._inflight:
+                raise ValueError(f"pop({n}) of more than the {self._inflight} result(s) peeked")
+            for _ in range(n):
+                self._memory.popleft()
+            self._inflight = 0
+            self._refill(n)
+
+    def drain(self) -> list[FrameResult]:
+        """Everything left, oldest first (at close: to count or to write out)."""
+        with self._lock:
+            self._refill(float("inf"))
+            items = list(self._memory)
+            self._memory.clear()
+            self._inflight = 0
+            return items
+
+    def _refill(self, want: float) -> None:
+        """Move results from the oldest segment into memory while memory has room (or ``want`` needs it)."""
+        limit = max(self.memory_max, want)
+        while self._segments and len(self._memory) < limit:
+            segment = self._segments[0]
+            if segment.read >= segment.count:
+                if segment is self._segments[-1] and self._writer is not None:
+                    self._writer.close()
+                    self._writer = None
+                if segment.reader is not None:
+                    segment.reader.close()
+                segment.path.unlink(missing_ok=True)
+                self._segments.popleft()
+                continue
+            if segment.reader is None:
+                segment.reader = open(segment.path, "rb")
+            line = segment.reader.readline()
+            if not line.endswith(b"\n"):
+                raise OSError(f"spool segment {segment.path} ends early (line {segment.read + 1} of {segment.count})")
+            result = FrameResult.from_json(line.decode("utf-8"))
+            segment.read += 1
+            segment.streams[result.stream_id] -= 1
+            self._memory.append(result)
+
+    def close(self) -> None:
+        """Forget everything and remove the segment files."""
+        with self._lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+            for segment in self._segments:
+                if segment.reader is not None:
+                    segment.reader.close()
+                segment.path.unlink(missing_ok=True)
+            self._segments.clear()
+            self._memory.clear()
+        if self.directory is not None:
+            try:
+                os.rmdir(self.directory)
+            except OSError:
+                pass
