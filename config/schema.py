@@ -93,16 +93,72 @@ class VideoSection(Section):
 
 
 class KafkaSection(Section):
+    """The Kafka sink; security settings go to kafka-python as they are (docs/security.md).
+
+    Secrets are never in the config: ``sasl_password_env`` names the environment variable that holds the
+    SASL password, read when the sink starts.
+    """
+
     bootstrap: str | None = Field(None, description="host:port[,host:port]; None disables the Kafka sink.")
     topic: str = Field("vidrec.results", min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")
     connect_timeout_s: float = Field(5.0, gt=0, le=120)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field("PLAINTEXT", description="kafka-python security_protocol.")
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(None, description="Required with SASL_PLAINTEXT / SASL_SSL.")
+    sasl_username: str | None = Field(None, min_length=1, description="SASL user; required with SASL_*.")
+    sasl_password_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Environment variable holding the SASL password; required with SASL_*.")
+    ssl_cafile: str | None = Field(None, min_length=1, description="CA bundle (PEM) to verify the brokers; null: the system's. SSL / SASL_SSL only.")
+    ssl_certfile: str | None = Field(None, min_length=1, description="Client certificate (PEM) for mutual TLS. SSL / SASL_SSL only.")
+    ssl_keyfile: str | None = Field(None, min_length=1, description="Client key (PEM, unencrypted) for ssl_certfile.")
+
+    @model_validator(mode="after")
+    def _security(self) -> "KafkaSection":
+        sasl = self.security_protocol.startswith("SASL_")
+        ssl = self.security_protocol.endswith("SSL")
+        sasl_keys = {"sasl_mechanism": self.sasl_mechanism, "sasl_username": self.sasl_username, "sasl_password_env": self.sasl_password_env}
+        if sasl:
+            missing = [key for key, value in sasl_keys.items() if value is None]
+            if missing:
+                raise ValueError(f"security_protocol {self.security_protocol} needs {', '.join(missing)}")
+        else:
+            given = [key for key, value in sasl_keys.items() if value is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} set but security_protocol is {self.security_protocol} (SASL needs SASL_PLAINTEXT or SASL_SSL)")
+        if not ssl:
+            given = [key for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile") if getattr(self, key) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} set but security_protocol is {self.security_protocol} (TLS needs SSL or SASL_SSL)")
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("ssl_keyfile set without ssl_certfile")
+        return self
 
 
 class RedisSection(Section):
-    url: str | None = Field(None, description="redis://host:port/db; None disables the Redis sink.")
+    """The Redis sink. A password comes from the environment variable ``password_env`` (or the URL, for a
+    quick try); a user name may be in the URL (``redis://user@host:6379/0``); ``rediss://`` uses TLS."""
+
+    url: str | None = Field(None, description="redis://[user@]host:port/db, rediss://... for TLS, or unix:///path; None disables the Redis sink.")
     history_len: int = Field(1000, ge=1, le=1_000_000)
     ttl_s: int | None = Field(3600, ge=1)
     key_prefix: str = Field("vidrec", min_length=1)
+    password_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Environment variable holding the Redis password (AUTH); null: none, or the URL's.")
+    ssl_ca_certs: str | None = Field(None, min_length=1, description="CA bundle (PEM) to verify a rediss:// server; null: the system's.")
+
+    @model_validator(mode="after")
+    def _auth(self) -> "RedisSection":
+        from urllib.parse import urlsplit
+
+        if self.url is None:
+            return self
+        try:
+            parts = urlsplit(self.url)
+            has_password = parts.password is not None
+        except ValueError:
+            return self  # the sink reports a malformed URL, naming it
+        if self.password_env is not None and has_password:
+            raise ValueError("url has a password and password_env is set; keep the password in the environment only")
+        if self.ssl_ca_certs is not None and parts.scheme != "rediss":
+            raise ValueError(f"ssl_ca_certs needs a rediss:// url (TLS), got {parts.scheme}://")
+        return self
 
 
 class LiveSection(Section):

@@ -21,8 +21,8 @@ from stream.frames import Frame
 from stream.messages import FrameResult, ObjectResult
 from stream.sinks import ResultSink
 from stream.sinks.jsonl import JsonlSink
-from stream.sinks.kafka import KafkaSink
-from stream.sinks.redis import RedisSink
+from stream.sinks.kafka import KafkaSink, kafka_security_kwargs
+from stream.sinks.redis import RedisSink, redis_auth_kwargs
 from stream.sinks.video import AnnotatedVideoWriter
 from stream.sources import FrameSource, open_source
 
@@ -106,17 +106,23 @@ def to_results(frames: Sequence[Frame], recognition: BatchRecognition, class_nam
 
 
 def open_sinks(cfg: VidrecConfig, outputs: VideoOutputs) -> list[ResultSink]:
-    """Open every configured sink up front, so an unreachable broker fails before any work is done."""
+    """Open every configured sink up front, so an unreachable broker fails before any work is done.
+
+    Kafka TLS/SASL and the Redis password come from the ``Kafka`` / ``Redis`` sections (passwords from the
+    environment variables they name), also for a broker or URL given on the command line.
+    """
     sinks: list[ResultSink] = []
     try:
         if outputs.json_path is not None:
             sinks.append(JsonlSink(outputs.json_path))
         bootstrap = outputs.kafka_bootstrap or cfg.Kafka.bootstrap
         if bootstrap:
-            sinks.append(KafkaSink(bootstrap, outputs.kafka_topic or cfg.Kafka.topic, connect_timeout_s=cfg.Kafka.connect_timeout_s))
+            security = kafka_security_kwargs(cfg.Kafka.model_copy(update={"bootstrap": bootstrap}))
+            sinks.append(KafkaSink(bootstrap, outputs.kafka_topic or cfg.Kafka.topic, connect_timeout_s=cfg.Kafka.connect_timeout_s, extra=security))
         redis_url = outputs.redis_url or cfg.Redis.url
         if redis_url:
-            sinks.append(RedisSink(redis_url, history_len=cfg.Redis.history_len, ttl_s=cfg.Redis.ttl_s, key_prefix=cfg.Redis.key_prefix))
+            auth = redis_auth_kwargs(cfg.Redis.model_copy(update={"url": redis_url}))
+            sinks.append(RedisSink(redis_url, history_len=cfg.Redis.history_len, ttl_s=cfg.Redis.ttl_s, key_prefix=cfg.Redis.key_prefix, **auth))
     except BaseException:
         for sink in sinks:
             sink.abort()

@@ -9,12 +9,16 @@ The constructor connects (``bootstrap_timeout_ms``, so an unreachable broker fai
 partition count and replication if it does not exist. ``write`` is asynchronous; delivery failures are
 collected and reported by ``close``, which flushes with a deadline. ``abort`` closes at once: records not
 yet delivered are dropped (Kafka has no "complete" marker; consumers simply see the stream stop).
+
+Security (TLS, SASL) comes from the config's ``Kafka`` section through ``kafka_security_kwargs``, which turns
+it into kafka-python settings and reads the SASL password from the environment variable the section names.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
-from typing import Any
+from typing import Any, Mapping
 
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient
@@ -45,6 +49,8 @@ class KafkaSink:
         self._failed = 0
         self._first_error: BaseException | None = None
         self._closed = False
+        # Never echo a secret in an error message, whatever kafka-python puts in its exceptions.
+        self._secrets = [str(v) for k, v in (extra or {}).items() if k in ("sasl_plain_password", "ssl_password") and v]
         servers = [s.strip() for s in bootstrap.split(",") if s.strip()]
         connect_ms = max(1, int(connect_timeout_s * 1000))
         config: dict[str, Any] = {
@@ -60,7 +66,7 @@ class KafkaSink:
         try:
             self._producer = KafkaProducer(**config)
         except (KafkaError, OSError, ValueError) as exc:
-            raise SinkError(f"cannot reach Kafka at {bootstrap}: {_describe(exc)}") from exc
+            raise SinkError(f"cannot reach Kafka at {bootstrap}: {self._describe(exc)}") from exc
         try:
             self._ensure_topic(config, connect_ms)
         except BaseException:
@@ -73,7 +79,7 @@ class KafkaSink:
         try:
             admin = KafkaAdminClient(**admin_config)
         except (KafkaError, OSError, ValueError) as exc:
-            raise SinkError(f"cannot reach Kafka at {self.bootstrap}: {_describe(exc)}") from exc
+            raise SinkError(f"cannot reach Kafka at {self.bootstrap}: {self._describe(exc)}") from exc
         try:
             if self.topic not in admin.list_topics():
                 try:
@@ -84,9 +90,15 @@ class KafkaSink:
             if not self._producer.partitions_for(self.topic):
                 raise SinkError(f"Kafka at {self.bootstrap}: topic {self.topic!r} has no partitions")
         except KafkaError as exc:
-            raise SinkError(f"cannot use topic {self.topic!r} on Kafka at {self.bootstrap}: {_describe(exc)}") from exc
+            raise SinkError(f"cannot use topic {self.topic!r} on Kafka at {self.bootstrap}: {self._describe(exc)}") from exc
         finally:
             admin.close()
+
+    def _describe(self, exc: BaseException | None) -> str:
+        text = _describe(exc)
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
     def _on_success(self, _metadata: Any) -> None:
         with self._cond:
@@ -109,7 +121,7 @@ class KafkaSink:
                 self.topic, key=result.stream_id.encode("utf-8"), value=result.to_json().encode("utf-8")
             )
         except KafkaError as exc:
-            raise SinkError(f"cannot send to topic {self.topic!r} on Kafka at {self.bootstrap}: {_describe(exc)}") from exc
+            raise SinkError(f"cannot send to topic {self.topic!r} on Kafka at {self.bootstrap}: {self._describe(exc)}") from exc
         with self._cond:
             self._sent += 1
             self._pending += 1
@@ -136,14 +148,14 @@ class KafkaSink:
             _close_now(self._producer)
             raise SinkError(
                 f"{where}: {pending} of {self._sent} results not delivered within {self.flush_timeout_s:g} s"
-                + (f" ({failed} failed: {_describe(first)})" if failed else "")
+                + (f" ({failed} failed: {self._describe(first)})" if failed else "")
             )
         try:
             self._producer.close(timeout=5)  # nothing pending: returns once the sender thread has stopped
         except KafkaError:
             _close_now(self._producer)
         if failed:
-            raise SinkError(f"{where}: {failed} of {self._sent} results failed: {_describe(first)}") from first
+            raise SinkError(f"{where}: {failed} of {self._sent} results failed: {self._describe(first)}") from first
 
     def abort(self) -> None:
         """Stop at once; records not yet delivered are dropped."""
@@ -151,6 +163,44 @@ class KafkaSink:
             return
         self._closed = True
         _close_now(self._producer)
+
+
+def kafka_security_kwargs(section: Any, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """kafka-python producer/admin settings for a ``KafkaSection``'s security keys (for ``KafkaSink(extra=)``).
+
+    The SASL password is read from ``environ[section.sasl_password_env]`` (default ``os.environ``); an unset
+    or empty variable, or a TLS file that is not there, is a one-line SinkError naming the key and the
+    variable or file, never the password. PLAINTEXT gives ``{}`` (kafka-python's defaults).
+    """
+    env = os.environ if environ is None else environ
+    protocol = section.security_protocol
+    if protocol == "PLAINTEXT":
+        return {}
+    where = f" for Kafka at {section.bootstrap}" if getattr(section, "bootstrap", None) else ""
+    kwargs: dict[str, Any] = {"security_protocol": protocol}
+    if protocol.startswith("SASL_"):
+        variable = section.sasl_password_env
+        password = env.get(variable) if variable else None
+        if not password:
+            state = "is empty" if password == "" else "is not set"
+            raise SinkError(
+                f"Kafka.sasl_password_env: environment variable {variable} {state} "
+                f"(it holds the SASL password of user {section.sasl_username!r}{where})"
+            )
+        kwargs.update(
+            sasl_mechanism=section.sasl_mechanism,
+            sasl_plain_username=section.sasl_username,
+            sasl_plain_password=password,
+        )
+    if protocol.endswith("SSL"):
+        for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(section, key)
+            if path is None:
+                continue
+            if not os.path.isfile(path):
+                raise SinkError(f"Kafka.{key}: file {path} not found{where}")
+            kwargs[key] = path
+    return kwargs
 
 
 def _close_now(producer: KafkaProducer) -> None:

@@ -20,11 +20,18 @@ With ``ttl_s`` set, every write (re)sets that expiry on the latest key, the hist
 a stream's keys disappear ``ttl_s`` after its last frame (``P:streams`` lives as long as any stream writes,
 so it may list a stream whose keys have expired); ``ttl_s=None`` keeps them. Each result is one pipeline
 round trip (no MULTI: a reader may briefly see the latest key ahead of the history).
+
+Authentication: ``password`` (the config's ``Redis.password_env`` names the environment variable that holds
+it, read by ``redis_auth_kwargs``), a user name in the URL (``redis://user@host``) for an ACL user, and TLS
+with ``rediss://`` (``ssl_ca_certs``: the CA bundle to verify the server). Messages name the address without
+credentials and never the password.
 """
 from __future__ import annotations
 
 import json
-from urllib.parse import urlsplit
+import os
+from typing import Any, Mapping
+from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
@@ -43,7 +50,11 @@ class RedisSink:
         ttl_s: int | None = 3600,
         key_prefix: str = "vidrec",
         connect_timeout_s: float = 2.0,
+        password: str | None = None,
+        ssl_ca_certs: str | None = None,
     ) -> None:
+        """``password``: AUTH password (the URL may carry a user name, not also a password);
+        ``ssl_ca_certs``: CA bundle for a ``rediss://`` URL."""
         if history_len < 1:
             raise ValueError(f"RedisSink history_len must be >= 1, got {history_len}")
         if ttl_s is not None and ttl_s < 1:
@@ -53,6 +64,22 @@ class RedisSink:
         self.ttl_s = ttl_s
         self.key_prefix = key_prefix
         self._closed = False
+        tls_options: dict[str, Any] = {}
+        try:
+            parts = urlsplit(url)
+            url_password = parts.password
+            scheme = parts.scheme
+        except ValueError as exc:
+            raise SinkError(f"bad Redis URL for {self.address}: {exc}") from None
+        if password is not None and url_password is not None:
+            raise SinkError(f"Redis at {self.address}: the URL has a password and one was also given (Redis.password_env); use one")
+        if ssl_ca_certs is not None:
+            if scheme != "rediss":
+                raise SinkError(f"Redis at {self.address}: ssl_ca_certs needs a rediss:// URL (TLS)")
+            if not os.path.isfile(ssl_ca_certs):
+                raise SinkError(f"Redis.ssl_ca_certs: file {ssl_ca_certs} not found (for Redis at {self.address})")
+            tls_options["ssl_ca_certs"] = ssl_ca_certs
+        self._secrets = [s for s in (password, url_password, unquote(url_password or "")) if s]
         try:
             # No retries while connecting, so an unreachable server fails within connect_timeout_s.
             self._client = redis.Redis.from_url(
@@ -60,10 +87,12 @@ class RedisSink:
                 socket_connect_timeout=connect_timeout_s,
                 socket_timeout=max(connect_timeout_s, 5.0),
                 retry=Retry(NoBackoff(), 0),
+                **({"password": password} if password is not None else {}),
+                **tls_options,
             )
             self._client.ping()
         except (redis.RedisError, OSError, ValueError) as exc:
-            raise SinkError(f"cannot reach Redis at {self.address}: {_describe(exc)}") from exc
+            raise SinkError(f"cannot reach Redis at {self.address}: {_describe(exc, self._secrets)}") from exc
         # Once connected, ride out a brief blip (all writes but PUBLISH are idempotent).
         self._client.set_retry(Retry(ExponentialBackoff(cap=0.5, base=0.05), 2))
 
@@ -93,7 +122,7 @@ class RedisSink:
         try:
             pipe.execute()
         except (redis.RedisError, OSError) as exc:
-            raise SinkError(f"cannot write to Redis at {self.address}: {_describe(exc)}") from exc
+            raise SinkError(f"cannot write to Redis at {self.address}: {_describe(exc, self._secrets)}") from exc
 
     def close(self) -> None:
         """Every write is already on the server; release the connections."""
@@ -119,6 +148,29 @@ def redis_address(url: str) -> str:
         return url.rpartition("@")[2]
 
 
-def _describe(exc: BaseException) -> str:
+def redis_auth_kwargs(section: Any, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``RedisSink`` keyword arguments for a ``RedisSection``'s ``password_env`` and ``ssl_ca_certs``.
+
+    The password is read from ``environ[section.password_env]`` (default ``os.environ``); an unset or empty
+    variable is a one-line SinkError naming it (and the address), never a password.
+    """
+    env = os.environ if environ is None else environ
+    kwargs: dict[str, Any] = {}
+    variable = section.password_env
+    if variable is not None:
+        password = env.get(variable)
+        if not password:
+            state = "is empty" if password == "" else "is not set"
+            where = f" for Redis at {redis_address(section.url)}" if section.url else ""
+            raise SinkError(f"Redis.password_env: environment variable {variable} {state} (it holds the Redis password{where})")
+        kwargs["password"] = password
+    if section.ssl_ca_certs is not None:
+        kwargs["ssl_ca_certs"] = section.ssl_ca_certs
+    return kwargs
+
+
+def _describe(exc: BaseException, secrets: list[str] | tuple[str, ...] = ()) -> str:
     text = str(exc).strip()
+    for secret in secrets:
+        text = text.replace(secret, "***")
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
