@@ -4,6 +4,7 @@ real gallery, results on real Kafka and Redis; the scrape's counts must agree wi
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.request
 import uuid
@@ -107,6 +108,56 @@ def test_counts_on_the_metrics_agree_with_kafka_and_reads_need_the_token(
         assert {row["label"]: row["count"] for row in table["labels"]} == dict(named)
         assert all(row["streams"] == {"bikes": row["count"]} for row in table["labels"])
         assert table["total"] == sum(named.values())
+        assert serve.terminate() == 0, serve.log_text()[-3000:]
+    finally:
+        serve.kill()
+        if reader is not None:
+            reader.close()
+
+
+@pytest.mark.timeout(300)
+def test_gallery_api_needs_the_token_and_a_new_entry_reaches_the_running_camera(
+    tmp_path: Path, repo_dir: Path, kafka_bootstrap: str
+) -> None:
+    rtsp = os.environ.get("RTSP_BASE")
+    assert rtsp, "RTSP_BASE is not set: start the services with scripts/services up"
+    gallery_dir = repo_dir / "samples" / "gallery"
+    data_file = tmp_path / "two.txt"
+    data_file.write_text("taxi_f36.jpg\ttaxi\ncyclist_f120.jpg\tcyclist\n")
+    index_dir = tmp_path / "index"
+    gallery = ["-o", f"IndexProcess.image_root={gallery_dir}", "-o", f"IndexProcess.index_dir={index_dir}"]
+    built = run_vidrec("gallery", "build", "-o", f"IndexProcess.data_file={data_file}", *gallery)
+    assert built.returncode == 0, built.stderr
+    topic = f"vidrec-gapi-{uuid.uuid4().hex[:8]}"
+    serve = ServeProcess(["--stream", f"cam={rtsp.rstrip('/')}/bikes", "--kafka", kafka_bootstrap, "--topic", topic,
+                          *gallery], log_path=tmp_path / "serve.log", http_port=free_port(),
+                         env={"VIDREC_API_TOKEN": TOKEN})
+    reader: TopicReader | None = None
+    try:
+        wait_for(serve.healthy, 120, "healthy service (needs VIDREC_MODEL_DIR and scripts/services)")
+        reader = TopicReader(kafka_bootstrap, topic)
+        info = serve.api("GET", "/gallery").body
+        assert (info["version"], info["entries"]) == (1, 2) and info["labels"] == {"taxi": 1, "cyclist": 1}
+        saved = {p.name: p.read_bytes() for p in index_dir.iterdir()}
+
+        item = {"path": "parked_bicycle_f216.jpg", "label": "parked bicycle"}
+        assert serve.api("POST", "/gallery/items", item).status == 401
+        assert serve.api("POST", "/gallery/items", item, token="wrong").status == 401
+        assert serve.api("DELETE", "/gallery/items", {"labels": ["taxi"]}).status == 401
+        traversal = serve.api("POST", "/gallery/items", {"path": "../../README.md", "label": "x"}, token=TOKEN)
+        assert traversal.status == 400 and "outside" in traversal.body["error"], traversal
+        assert {p.name: p.read_bytes() for p in index_dir.iterdir()} == saved, "refused requests changed nothing"
+
+        added = serve.api("POST", "/gallery/items", item, token=TOKEN)
+        assert added.status == 201 and added.body["added"] == 1 and added.body["version"] == 2, added
+        assert serve.api("GET", "/gallery").body["labels"] == {"taxi": 1, "cyclist": 1, "parked bicycle": 1}
+        wait_for(lambda: any(m.value["gallery_version"] == 2 for m in reader.of("cam")), 60,
+                 "the camera's results named by gallery version 2")
+        wait_for(lambda: b"vidrec_gallery_version 2.0" in get(serve.base, "/metrics")[1], 30,
+                 "gallery version 2 on /metrics")
+        assert b"vidrec_gallery_entries 3.0" in get(serve.base, "/metrics")[1]
+        removed = serve.api("DELETE", "/gallery/items", {"labels": ["taxi"]}, token=TOKEN)
+        assert removed.status == 200 and removed.body["removed"] == 1, removed
         assert serve.terminate() == 0, serve.log_text()[-3000:]
     finally:
         serve.kill()

@@ -16,10 +16,12 @@ import redis
 
 
 class ResultFollower:
-    def __init__(self, url: str, key_prefix: str, *, password: str | None = None) -> None:
+    def __init__(self, url: str, key_prefix: str, *, password: str | None = None,
+                 ssl_ca_certs: str | None = None) -> None:
         self.url = url
         self.key_prefix = key_prefix
         self.password = password
+        self.ssl_ca_certs = ssl_ca_certs
 
     def _key(self, kind: str, stream_id: str) -> str:
         return f"{self.key_prefix}:{kind}:{stream_id}"
@@ -28,7 +30,9 @@ class ResultFollower:
         """Yields each new result's JSON text (the newest one first, if any), and None every ``tick_s`` with
         nothing new, so the caller can send its own events and notice a closed connection. Ends when
         ``stop`` is set. Raises ``redis.RedisError`` when Redis cannot be reached."""
-        kwargs = {"password": self.password} if self.password else {}
+        kwargs: dict = {"password": self.password} if self.password else {}
+        if self.ssl_ca_certs:
+            kwargs["ssl_ca_certs"] = self.ssl_ca_certs
         client = redis.Redis.from_url(self.url, socket_connect_timeout=3.0, socket_timeout=5.0, **kwargs)
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:

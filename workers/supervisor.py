@@ -50,6 +50,7 @@ from pydantic import ValidationError
 
 from config import VidrecConfig
 from config.schema import StreamSpec
+from stream.errors import SinkError
 from workers.http_api import ApiError, ApiServer
 from workers.inference import (
     Drain,
@@ -246,18 +247,21 @@ class Supervisor:
     def _gallery_api(self) -> Any:
         if not self.cfg.IndexProcess.index_dir:
             return None
-        try:
-            from workers.gallery_api import GalleryService
-        except ImportError:  # TEMP until gallery_api lands
-            return None
+        from workers.gallery_api import GalleryService
+
         return GalleryService(self.cfg, mp_context=self._ctx)
 
     def _result_follower(self) -> Any:
         if not self.cfg.Redis.url:
             return None
+        from stream.sinks.redis import redis_auth_kwargs
         from workers.overlay_events import ResultFollower
 
-        return ResultFollower(self.cfg.Redis.url, self.cfg.Redis.key_prefix)
+        try:
+            auth = redis_auth_kwargs(self.cfg.Redis)
+        except SinkError as exc:
+            raise ServiceError(str(exc)) from None
+        return ResultFollower(self.cfg.Redis.url, self.cfg.Redis.key_prefix, **auth)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if self._stop.is_set():
