@@ -109,6 +109,17 @@ class KafkaSection(Section):
     ssl_cafile: str | None = Field(None, min_length=1, description="CA bundle (PEM) to verify the brokers; null: the system's. SSL / SASL_SSL only.")
     ssl_certfile: str | None = Field(None, min_length=1, description="Client certificate (PEM) for mutual TLS. SSL / SASL_SSL only.")
     ssl_keyfile: str | None = Field(None, min_length=1, description="Client key (PEM, unencrypted) for ssl_certfile.")
+    # The live service's spool (stream/sinks/spool.py): results wait here until the broker acknowledged them.
+    spool_memory_results: int = Field(10_000, ge=2, le=10_000_000, description="`vidrec serve`: results waiting for Kafka kept in memory; more go to disk.")
+    spool_dir: str | None = Field(None, min_length=1, description="`vidrec serve`: folder for the spool's segment files (emptied at start); null: a new folder in the system's temp dir.")
+    spool_max_bytes: int = Field(512 * 1024 * 1024, ge=0, description="`vidrec serve`: most bytes of spooled results on disk (0: memory only); beyond it the oldest are dropped and counted.")
+
+    @field_validator("spool_max_bytes")
+    @classmethod
+    def _spool_disk_size(cls, value: int) -> int:
+        if 0 < value < 256 * 1024:
+            raise ValueError(f"must be 0 (memory only) or at least 262144 (256 KiB), got {value}")
+        return value
 
     @model_validator(mode="after")
     def _security(self) -> "KafkaSection":

@@ -795,6 +795,14 @@ class _StreamView:
         self.nslots = nslots
         self.header, self.rows = _control_words(ctl, nslots)
         self.mutex = _RingMutex(ctl)
+        # A slot IN_USE now was claimed by an earlier consumer of this ring that died holding it (one consumer
+        # at a time, and this one holds nothing here yet): free it, or a live ring would lose the slot for good
+        # and a file ring could stall (a restarted inference process attaches this way).
+        with self.mutex:
+            stale = self.rows[:, _S_STATE] == IN_USE
+            if stale.any():
+                self.rows[stale, _S_STATE] = FREE
+                log.warning("stream %r: %d slot(s) held by a consumer that is gone were freed", stream_id, int(stale.sum()))
         self.instance = int(self.header[_H_INSTANCE])
         self.pid = int(self.header[_H_PID])
         self.watch = _ProcessWatch(self.pid)

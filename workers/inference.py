@@ -35,9 +35,11 @@ import logging
 import os
 import queue as queue_mod
 import sys
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,6 +49,9 @@ from models.errors import GalleryError, ModelError
 from stream.clockcode import decode_clock
 from stream.errors import SinkError, SourceError
 from stream.sinks.async_sink import AsyncSink
+from stream.sinks.kafka import KafkaSink
+from stream.sinks.spool import Spool
+from stream.sinks.spooled import SpooledSink
 from stream.transport import EndOfStream, FrameConsumer, FrameLease, ProducerDiedError, StreamCounters
 from workers.batcher import Batcher
 from workers.metrics import (
@@ -239,12 +244,12 @@ class InferenceWorker:
         for sink in sinks:
             if hasattr(sink, "flush_timeout_s"):
                 sink.flush_timeout_s = settings.sink_close_timeout_s
-        # End-to-end latency is taken when the first sink (Kafka when configured) accepted the result.
-        self.sinks = [
-            AsyncSink(sink, name=_sink_name(sink), max_queue=settings.sink_queue_size,
-                      on_written=self._observe_e2e if i == 0 else None)
-            for i, sink in enumerate(sinks)
-        ]
+        inc = settings.incarnation
+        self.result_run_id = settings.run_id if inc == 0 else f"{settings.run_id}.{inc}"
+        # End-to-end latency is taken when the first sink (Kafka when configured) accepted the result: for Kafka,
+        # when the broker acknowledged it.
+        self.sinks = [self._wrap(sink, cfg, on_written=self._observe_e2e if i == 0 else None)
+                      for i, sink in enumerate(sinks)]
         self.batch_size = Histogram(BATCH_SIZE_BUCKETS)
         self.batch_wait = Histogram(WAIT_BUCKETS_S)
         self.model_seconds = {model: Histogram(INFERENCE_BUCKETS_S) for model in MODELS}
@@ -254,8 +259,6 @@ class InferenceWorker:
             settings.max_batch, settings.max_wait_s, settings.staleness_s, key=lambda item: item.stream_id
         )
         self.streams: dict[str, _Stream] = {}
-        inc = settings.incarnation
-        self.result_run_id = settings.run_id if inc == 0 else f"{settings.run_id}.{inc}"
         self._ending: set[str] = set()
         self._batches = 0
         self._frames = 0
@@ -268,6 +271,21 @@ class InferenceWorker:
     def gallery_version(self) -> int | None:
         gallery = self.system.gallery
         return None if gallery is None else gallery.version
+
+    def _wrap(self, sink: Any, cfg: VidrecConfig, on_written: Any) -> Any:
+        """Kafka, the record of every result, publishes at least once through a memory+disk spool; the other
+        sinks (Redis: the latest state) through a bounded queue that drops the oldest."""
+        if isinstance(sink, KafkaSink):
+            k = cfg.Kafka
+            directory = None
+            if k.spool_max_bytes > 0:
+                base = Path(k.spool_dir) if k.spool_dir else Path(tempfile.gettempdir())
+                directory = base / f"vidrec-spool-{self.result_run_id}-kafka"
+            segment = max(64 * 1024, min(4 * 1024 * 1024, k.spool_max_bytes // 4))
+            spool = Spool(k.spool_memory_results, directory, disk_max_bytes=k.spool_max_bytes, segment_bytes=segment)
+            return SpooledSink(sink, name="kafka", spool=spool, batch_max=min(500, k.spool_memory_results // 2),
+                               on_written=on_written)
+        return AsyncSink(sink, name=_sink_name(sink), max_queue=self.settings.sink_queue_size, on_written=on_written)
 
     @property
     def gallery_entries(self) -> int:

@@ -36,12 +36,12 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import queue as queue_mod
 import signal
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from multiprocessing.connection import Connection, wait as wait_for_connections
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Callable
@@ -84,11 +84,13 @@ from workers.ingest import (
 from stream.transport import make_frame_queue, new_run_id, unlink_run_segments, unlink_stream_segments
 from workers import metrics as m
 from workers.snapshots import Snapshot, SnapshotStore
+from workers.status_channel import status_channel
 
 log = logging.getLogger("vidrec")
 
 _RESTART_BACKOFF_S = (1.0, 30.0)  # first delay, longest delay before an ingest process is started again
 _STABLE_AFTER_S = 60.0  # a process that ran this long before dying starts again after the first delay
+_INFERENCE_MAX_RESTARTS = 5  # inference deaths in a row, each within _STABLE_AFTER_S of its start: give up
 
 
 class ServiceError(Exception):
@@ -150,6 +152,7 @@ class _Child:
     restarts: int = 0
     restart_at: float | None = None
     started_at: float = field(default_factory=time.monotonic)
+    reader: Any = None  # its report pipe
 
 
 class Supervisor:
@@ -184,6 +187,10 @@ class Supervisor:
         self._inference: _Child | None = None
         self._ingest: list[_Child] = []
         self._inference_stats: InferenceStats | None = None
+        # What earlier inference processes (before a restart) counted: kept, so counters never go back.
+        self._inference_past: InferenceStats | None = None
+        self._stream_past: dict[str, StreamInference] = {}
+        self._inference_incarnation = 0
         self._inference_exit: InferenceExited | None = None
         self._ingest_exited: set[int] = set()
         self._ready: InferenceReady | None = None
@@ -213,7 +220,7 @@ class Supervisor:
         """Serve until SIGTERM/SIGINT; returns the exit code. Raises ServiceError when it cannot start."""
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         self._frames = make_frame_queue(self._ctx, streams=self.service.max_streams, slots=self.service.slots_per_stream)
-        self._status = self._ctx.Queue()
+        self._readers: dict[Connection, str] = {}  # each worker's report pipe -> its name
         try:
             if self._http_addr is not None:
                 host, port = self._http_addr
@@ -272,16 +279,24 @@ class Supervisor:
         log.info("%s: stopping (draining in-flight frames to the sinks)", signal.Signals(signum).name)
         self._stop.set()
 
-    def _start_inference(self) -> bool:
-        """Start the inference process and wait for its models and sinks; False when a signal came first."""
+    def _spawn_inference(self, incarnation: int = 0, restarts: int = 0) -> _Child:
         control = self._ctx.Queue()
+        reader, sender = status_channel(self._ctx)
+        settings = replace(self._inference_settings, incarnation=incarnation)
         process = self._ctx.Process(
             target=inference_main, name="vidrec-inference",
-            args=(self._inference_settings, self.cfg, self._frames, control, self._status, self._log_level),
+            args=(settings, self.cfg, self._frames, control, sender, self._log_level),
             daemon=True,
         )
         process.start()
-        self._inference = _Child("inference", process, control)
+        sender.close()  # the worker holds its own copy; ours would hide its end-of-file
+        self._readers[reader] = "inference"
+        return _Child("inference", process, control, restarts=restarts, reader=reader)
+
+    def _start_inference(self) -> bool:
+        """Start the inference process and wait for its models and sinks; False when a signal came first."""
+        self._inference = self._spawn_inference()
+        process = self._inference.process
         deadline = time.monotonic() + self.service.startup_timeout_s
         while self._ready is None:
             self._pump(0.1)
@@ -305,13 +320,16 @@ class Supervisor:
 
     def _spawn_ingest(self, index: int, restarts: int = 0) -> _Child:
         control = self._ctx.Queue()
+        reader, sender = status_channel(self._ctx)
         process = self._ctx.Process(
             target=ingest_main, name=f"vidrec-ingest-{index}",
-            args=(index, self._ingest_settings, self._frames, control, self._status, self._log_level),
+            args=(index, self._ingest_settings, self._frames, control, sender, self._log_level),
             daemon=True,
         )
         process.start()
-        return _Child(f"ingest-{index}", process, control, restarts=restarts)
+        sender.close()
+        self._readers[reader] = f"ingest-{index}"
+        return _Child(f"ingest-{index}", process, control, restarts=restarts, reader=reader)
 
     def _finish(self) -> int:
         """Drain and stop every child; log the final counters; returns the exit code."""
@@ -391,10 +409,9 @@ class Supervisor:
     def _watch_children(self) -> None:
         inference = self._inference
         if inference is not None and not inference.process.is_alive():
-            self._set_failure(f"inference worker died (exit code {inference.process.exitcode}): stopping")
-            self._abort = True
-            self._stop.set()
-            return
+            self._watch_inference(inference)
+            if self._stop.is_set():
+                return
         now = time.monotonic()
         for index, child in enumerate(self._ingest):
             if child.process.is_alive():
@@ -416,6 +433,61 @@ class Supervisor:
                             entry.first_index = self._first_index(entry.plan)
                             self._inference_control(StreamAdded(entry.plan))
                             fresh.control.put(AddStream(entry.plan, entry.first_index))
+
+    def _watch_inference(self, child: _Child) -> None:
+        """The inference worker is not running: schedule its restart, start it when due, or give up."""
+        now = time.monotonic()
+        if child.restart_at is None:
+            code = child.process.exitcode
+            self._drain_reports(child)  # what it reported before it died counts
+            if self._fatal is not None:  # a restarted worker could not load its models or reach its sinks
+                self._set_failure(f"inference worker could not start again: {self._fatal}: stopping")
+            elif child.restarts >= _INFERENCE_MAX_RESTARTS and now - child.started_at < _STABLE_AFTER_S:
+                self._set_failure(f"inference worker died (exit code {code}) {child.restarts + 1} times in a row: stopping")
+            if self._failure is not None or self._phase != "serving":
+                if self._failure is None:
+                    self._set_failure(f"inference worker died (exit code {code}) while {self._phase}: stopping")
+                self._abort = True
+                self._stop.set()
+                return
+            if now - child.started_at > _STABLE_AFTER_S:
+                child.restarts = 0
+            delay = min(_RESTART_BACKOFF_S[0] * 2 ** child.restarts, _RESTART_BACKOFF_S[1])
+            child.restart_at = now + delay
+            log.error("inference worker (pid %s) died with exit code %s: restarting it in %.0fs; the results it had "
+                      "not handed to the sinks are lost (each stream's seq shows the gap)", child.process.pid, code, delay)
+            with self._lock:
+                self._fold_inference()
+                self._ready = None
+            _free_queue_reader(self._frames)
+            return
+        if now < child.restart_at:
+            return
+        with self._lock:
+            self._inference_incarnation += 1
+            self._restart_totals["inference"] += 1
+            fresh = self._spawn_inference(self._inference_incarnation, restarts=child.restarts + 1)
+            self._inference = fresh
+            for entry in self._streams.values():
+                if entry.removing or entry.state in ("ended", "failed"):
+                    continue
+                fresh.control.put(StreamAdded(entry.plan))
+                fresh.control.put(StreamState(entry.plan.id, entry.state))
+        log.info("inference worker started again (pid %d, run id %s.%d)", fresh.process.pid, self.run_id,
+                 self._inference_incarnation)
+
+    def _fold_inference(self) -> None:
+        """A dead inference worker's counters join the run's totals (its stream views restart from zero)."""
+        stats = self._inference_stats
+        if stats is not None:
+            self._inference_past = _merge_stats(self._inference_past, replace(stats, streams={}))
+        for sid, entry in self._streams.items():
+            counters = entry.inference if entry.inference is not None else (stats.streams.get(sid) if stats else None)
+            if counters is not None:
+                self._stream_past[sid] = _merge_stream(self._stream_past.get(sid), counters)
+            entry.inference = None
+        self._inference_stats = None
+        self._inference_exit = None
 
     def _orphan_streams(self, index: int, child: _Child) -> None:
         """The streams of a dead ingest process: segments removed; live ones wait for the restart."""
@@ -445,15 +517,45 @@ class Supervisor:
 
     # ================================================================================ status queue =======
     def _pump(self, timeout_s: float) -> None:
-        """Handle every status message that is ready, waiting up to ``timeout_s`` for the first."""
+        """Handle every report that is ready, waiting up to ``timeout_s`` for the first."""
         wait = timeout_s
         while True:
-            try:
-                message = self._status.get(timeout=wait) if wait > 0 else self._status.get_nowait()
-            except queue_mod.Empty:
+            readers = list(self._readers)
+            if not readers:
+                if wait > 0:
+                    time.sleep(wait)
+                return
+            ready = wait_for_connections(readers, timeout=wait)
+            if not ready:
                 return
             wait = 0.0
-            self._handle(message)
+            for conn in ready:
+                self._receive_from(conn)
+
+    def _receive_from(self, conn: Any) -> bool:
+        """One report from a worker's pipe; False (and the pipe closed) at its end: the worker is gone."""
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            self._readers.pop(conn, None)
+            conn.close()
+            return False
+        except Exception as exc:  # noqa: BLE001 - half a report from a killed worker: drop its pipe, not the service
+            log.warning("report from %s unreadable (%s): its pipe is closed", self._readers.get(conn), exc)
+            self._readers.pop(conn, None)
+            conn.close()
+            return False
+        self._handle(message)
+        return True
+
+    def _drain_reports(self, child: _Child) -> None:
+        """Everything a dead worker managed to report, up to the end of its pipe."""
+        conn = child.reader
+        while conn is not None and conn in self._readers:
+            if not conn.poll(1.0):
+                break
+            if not self._receive_from(conn):
+                break
 
     def _handle(self, message: Any) -> None:
         with self._lock:
@@ -502,6 +604,8 @@ class Supervisor:
                     self.snapshots.add(message)
             elif isinstance(message, InferenceReady):
                 self._ready = message
+                if self._inference_incarnation:
+                    log.info("inference ready again (pid %d)", message.pid)
             elif isinstance(message, InferenceFatal):
                 self._fatal = message.message
             else:
@@ -529,8 +633,9 @@ class Supervisor:
             return 0
         last_taken = -1
         stats = self._inference_stats
-        if stats is not None and plan.id in stats.streams:
-            last_taken = stats.streams[plan.id].last_index
+        merged = _merge_stream(self._stream_past.get(plan.id), stats.streams.get(plan.id) if stats else None)
+        if merged is not None:
+            last_taken = merged.last_index
         return max(self._next_index.get(plan.id, 0), last_taken + 1)
 
     def _fold(self, entry: _Entry, snap: StreamCountersSnapshot | None) -> None:
@@ -565,7 +670,8 @@ class Supervisor:
 
     def sinks(self) -> list[dict[str, Any]]:
         with self._lock:
-            return list(self._inference_stats.sinks) if self._inference_stats is not None else []
+            stats = self._stats_now()
+            return list(stats.sinks) if stats is not None else []
 
     def get_stream(self, stream_id: str) -> dict[str, Any]:
         with self._lock:
@@ -618,11 +724,12 @@ class Supervisor:
         from workers import __version__
 
         with self._lock:
-            stats = self._inference_stats
+            stats = self._stats_now()
             streams = [self._stream_metrics(entry) for entry in self._streams.values()]
             sinks = []
             for s in (stats.sinks if stats is not None else []):
-                sinks.append(m.SinkMetrics(s["name"], s["written"], s["errors"], s["dropped"], {"memory": s["queued"]}))
+                sinks.append(m.SinkMetrics(s["name"], s["written"], s["errors"], s["dropped"],
+                                           s.get("spool") or {"memory": s["queued"]}))
             known = {s.name for s in sinks}
             sinks += [m.SinkMetrics(name, 0, 0, 0, {"memory": 0}) for name in self._sink_names if name not in known]
             processes: dict[str, int | None] = {"supervisor": os.getpid(), "inference": _pid(self._inference)}
@@ -644,7 +751,7 @@ class Supervisor:
         ing = entry.ingest_stats
         if ing is not None:
             totals.update(_snapshot_counts(ing))
-        inf = entry.inference
+        inf = self._stream_inference(entry)
         dropped = {
             "every_nth": totals["skipped"], "source": totals["dropped_source"],
             "backlog": inf.dropped_backlog if inf else 0, "too_old": inf.dropped_too_old if inf else 0,
@@ -664,7 +771,7 @@ class Supervisor:
     def recognitions(self) -> dict[str, Any]:
         """Named objects per gallery label in the published results (top labels; docs/metrics.md)."""
         with self._lock:
-            stats = self._inference_stats
+            stats = self._stats_now()
             labels = dict(stats.labels) if stats is not None else {}
         rows = [{"label": label, "count": sum(streams.values()), "streams": dict(sorted(streams.items()))}
                 for label, streams in labels.items()]
@@ -685,10 +792,17 @@ class Supervisor:
             raise ApiError(HTTPStatus.NOT_FOUND, f"stream {stream_id!r}: {what}")
         return snap
 
+    def _stats_now(self) -> InferenceStats | None:
+        """The inference counters of this run: the current worker's plus those of the ones before it."""
+        return _merge_stats(self._inference_past, self._inference_stats)
+
+    def _stream_inference(self, entry: _Entry) -> StreamInference | None:
+        return _merge_stream(self._stream_past.get(entry.plan.id), entry.inference)
+
     def _view(self, entry: _Entry) -> dict[str, Any]:
         plan = entry.plan
         ing = entry.ingest_stats
-        inf = entry.inference
+        inf = self._stream_inference(entry)
         totals = Counter(self._past.get(plan.id, {}))
         if ing is not None:
             totals.update(_snapshot_counts(ing))
@@ -701,10 +815,14 @@ class Supervisor:
             processed=inf.processed if inf else 0,
         )
         sinks = {name: {"written": 0, "dropped": 0, "errors": 0} for name in self._sink_names}
-        if self._inference_stats is not None:
-            for name, per_stream in self._inference_stats.sink_streams.items():
+        stats_now = self._stats_now()
+        if stats_now is not None:
+            for name, per_stream in stats_now.sink_streams.items():
                 sinks[name] = dict(per_stream.get(plan.id, {"written": 0, "dropped": 0, "errors": 0}))
         counters["published"] = {name: s["written"] for name, s in sinks.items()}
+        # Results lost on the way out are the stream's business too (a full spool while a broker was down).
+        warnings = [f"{name}: {s['dropped']} result(s) dropped" for name, s in sinks.items() if s["dropped"]]
+        warnings += [f"{name}: {s['errors']} failed write(s)" for name, s in sinks.items() if s["errors"]]
         view: dict[str, Any] = {
             "id": plan.id,
             "url": plan.display_url,
@@ -720,13 +838,14 @@ class Supervisor:
             "counters": counters,
             "sinks": sinks,
             "latency_ms": dict(inf.latency_ms) if inf else {},
+            "warnings": warnings,
             "last_latency_ms": dict(inf.last) if inf else {},
         }
         return view
 
     def _snapshot_all(self) -> dict[str, Any]:
         with self._lock:
-            stats = self._inference_stats
+            stats = self._stats_now()
             return {
                 "run_id": self.run_id,
                 "streams": [self._view(entry) for entry in self._streams.values()],
@@ -746,3 +865,76 @@ def _count(values: Any) -> dict[str, int]:
     for value in values:
         counts[value] = counts.get(value, 0) + 1
     return counts
+
+
+# ------------------------------------------------------------------ counters across inference restarts ------
+_STREAM_SUMS = ("taken", "processed", "dropped_backlog", "dropped_too_old", "errors", "detected", "recognized")
+
+
+def _merge_hist(a: m.Histogram | None, b: m.Histogram | None) -> m.Histogram | None:
+    if a is None or b is None or a.bounds != b.bounds:
+        return b if b is not None else a
+    return m.Histogram(a.bounds, [x + y for x, y in zip(a.counts, b.counts)], a.total + b.total)
+
+
+def _merge_stream(past: StreamInference | None, now: StreamInference | None) -> StreamInference | None:
+    """A stream's inference counters: an earlier worker's (``past``) plus the current one's."""
+    if past is None or now is None:
+        return now if now is not None else past
+    sums = {name: getattr(past, name) + getattr(now, name) for name in _STREAM_SUMS}
+    return replace(now, **sums, last_index=max(past.last_index, now.last_index),
+                   e2e_seconds=_merge_hist(past.e2e_seconds, now.e2e_seconds))
+
+
+def _merge_counts(a: dict[str, dict[str, int]], b: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    out = {key: dict(inner) for key, inner in a.items()}
+    for key, inner in b.items():
+        target = out.setdefault(key, {})
+        for name, n in inner.items():
+            target[name] = target.get(name, 0) + n
+    return out
+
+
+def _merge_sinks(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    merged = {s["name"]: dict(s, queued=0) for s in a}
+    for s in b:
+        old = merged.get(s["name"])
+        merged[s["name"]] = dict(s) if old is None else dict(
+            s, **{k: old[k] + s[k] for k in ("written", "dropped", "errors")},
+            last_error=s.get("last_error") or old.get("last_error"))
+    return list(merged.values())
+
+
+def _merge_stats(past: InferenceStats | None, now: InferenceStats | None) -> InferenceStats | None:
+    """Run totals: an earlier worker's counters (``past``, streams left out: see ``_stream_past``) plus the
+    current worker's; gauges (gallery, queue depths, latency windows) are the current worker's."""
+    if past is None or now is None:
+        return now if now is not None else past
+    sink_streams = {name: _merge_counts(past.sink_streams.get(name, {}), now.sink_streams.get(name, {}))
+                    for name in set(past.sink_streams) | set(now.sink_streams)}
+    return replace(
+        now,
+        sinks=_merge_sinks(past.sinks, now.sinks),
+        sink_streams=sink_streams,
+        batches=past.batches + now.batches,
+        frames=past.frames + now.frames,
+        batch_size=_merge_hist(past.batch_size, now.batch_size),
+        batch_wait_seconds=_merge_hist(past.batch_wait_seconds, now.batch_wait_seconds),
+        inference_seconds={model: _merge_hist(past.inference_seconds.get(model), now.inference_seconds.get(model))
+                           for model in set(past.inference_seconds) | set(now.inference_seconds)},
+        labels=_merge_counts(past.labels, now.labels),
+    )
+
+
+def _free_queue_reader(frames_queue: Any) -> None:
+    """The frame queue's reader lock, if the dead inference worker held it (it waits inside ``get`` almost all
+    the time): released, so the next worker can read. A ``multiprocessing.Lock`` is a semaphore, which any
+    process may release; only one reader exists, so a taken lock now can only be the dead one's."""
+    lock = getattr(frames_queue, "_rlock", None)
+    if lock is None:
+        return
+    if lock.acquire(False):
+        lock.release()
+    else:
+        lock.release()
+        log.warning("frame queue: the reader lock the dead inference worker held was released")

@@ -42,11 +42,14 @@ class AsyncSinkStats:
     per_stream: dict[str, dict[str, int]] = field(default_factory=dict)
     publish_ms: dict[str, float] = field(default_factory=dict)
     last_error: str | None = None
+    spool: dict[str, int] = field(default_factory=dict)  # results waiting, by tier (memory, disk)
+    retrying: bool = False  # the sink refuses writes now and what waits will be tried again
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "queued": self.queued, "written": self.written, "dropped": self.dropped,
             "errors": self.errors, "publish_ms": dict(self.publish_ms), "last_error": self.last_error,
+            "spool": dict(self.spool) or {"memory": self.queued}, "retrying": self.retrying,
         }
 
 

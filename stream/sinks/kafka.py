@@ -114,6 +114,11 @@ class KafkaSink:
             self._cond.notify_all()
 
     def write(self, result: FrameResult) -> None:
+        self.send(result)
+
+    def send(self, result: FrameResult) -> Any:
+        """Hand one result to the producer; returns its future (``is_done``, ``succeeded()``, ``exception``),
+        which completes when the broker acknowledged it or the producer gave up (``delivery_timeout_ms``)."""
         if self._closed:
             raise SinkError(f"Kafka sink for topic {self.topic!r} at {self.bootstrap} is closed")
         try:
@@ -127,6 +132,11 @@ class KafkaSink:
             self._pending += 1
         future.add_callback(self._on_success)
         future.add_errback(self._on_error)
+        return future
+
+    def describe_error(self, exc: BaseException | None) -> str:
+        """A delivery error as one line, with no secret in it."""
+        return self._describe(exc)
 
     def close(self) -> None:
         """Deliver everything written (or fail) within ``flush_timeout_s``; SinkError names broker and topic."""
