@@ -63,6 +63,8 @@ class KafkaSink:
             "client_id": "vidrec-sink",
         }
         config.update(extra or {})
+        self._config = config
+        self.connected = True  # False after a reopen that could not reach the broker
         try:
             self._producer = KafkaProducer(**config)
         except (KafkaError, OSError, ValueError) as exc:
@@ -121,6 +123,8 @@ class KafkaSink:
         which completes when the broker acknowledged it or the producer gave up (``delivery_timeout_ms``)."""
         if self._closed:
             raise SinkError(f"Kafka sink for topic {self.topic!r} at {self.bootstrap} is closed")
+        if not self.connected:
+            raise SinkError(f"not connected to Kafka at {self.bootstrap} (reconnecting)")
         try:
             future = self._producer.send(
                 self.topic, key=result.stream_id.encode("utf-8"), value=result.to_json().encode("utf-8")
@@ -134,6 +138,26 @@ class KafkaSink:
         future.add_errback(self._on_error)
         return future
 
+    def reopen(self) -> None:
+        """Drop the producer (what it had not delivered fails) and connect a new one; SinkError while the
+        broker cannot be reached. For a publisher that keeps results until acknowledged and sends them again:
+        kafka-python's producer was seen here never to reconnect after the broker restarted (an empty metadata
+        answer during the broker's shutdown left it with no node to ask)."""
+        if self.connected:
+            _close_now(self._producer)
+            self.connected = False
+        with self._cond:
+            self._pending = 0
+            self._failed = 0
+            self._first_error = None
+        try:
+            producer = KafkaProducer(**self._config)
+        except (KafkaError, OSError, ValueError) as exc:
+            raise SinkError(f"cannot reach Kafka at {self.bootstrap}: {self._describe(exc)}") from exc
+        with self._cond:
+            self._producer = producer
+            self.connected = True
+
     def describe_error(self, exc: BaseException | None) -> str:
         """A delivery error as one line, with no secret in it."""
         return self._describe(exc)
@@ -143,6 +167,8 @@ class KafkaSink:
         if self._closed:
             return
         self._closed = True
+        if not self.connected:
+            return  # the last reopen failed: no producer, nothing pending in it
         where = f"Kafka at {self.bootstrap}, topic {self.topic!r}"
         deadline = time.monotonic() + self.flush_timeout_s
         # Our own deadline rather than producer.flush(timeout), which applies the timeout to each batch in
@@ -172,7 +198,8 @@ class KafkaSink:
         if self._closed:
             return
         self._closed = True
-        _close_now(self._producer)
+        if self.connected:
+            _close_now(self._producer)
 
 
 def kafka_security_kwargs(section: Any, environ: Mapping[str, str] | None = None) -> dict[str, Any]:

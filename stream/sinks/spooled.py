@@ -31,20 +31,25 @@ log = logging.getLogger(__name__)
 
 _BACKOFF_S = (0.5, 5.0)
 _WINDOW = 512
+REOPEN_AFTER_S = 20.0  # no acknowledgement for this long: connect a new producer and send again
 
 
 class SpooledSink:
     """``inner`` must offer ``send(result) -> future`` (KafkaSink), ``close()``, ``abort()``, ``describe_error``."""
 
     def __init__(self, inner: Any, *, name: str, spool: Spool, batch_max: int = 500,
-                 on_written: Callable[[FrameResult], None] | None = None) -> None:
+                 on_written: Callable[[FrameResult], None] | None = None,
+                 reopen_after_s: float = REOPEN_AFTER_S) -> None:
         if batch_max < 1 or batch_max > spool.memory_max:
             raise ValueError(f"batch_max must be within 1..spool memory ({spool.memory_max}), got {batch_max}")
         self.inner = inner
         self.name = name
         self.spool = spool
         self.batch_max = batch_max
+        self.reopen_after_s = reopen_after_s
         self._on_written = on_written
+        self._last_progress = time.monotonic()
+        self._last_reopen = time.monotonic()
         self._cond = threading.Condition()
         self._accepting = True
         self._stop = False
@@ -150,7 +155,7 @@ class SpooledSink:
             with self._cond:
                 self._inflight = len(batch)
             started = time.perf_counter()
-            delivered, error = self._publish(batch)
+            delivered, error, stuck = self._publish(batch)
             elapsed_ms = (time.perf_counter() - started) * 1000.0
             with self._cond:
                 for result in batch[:delivered]:
@@ -171,6 +176,8 @@ class SpooledSink:
                         self._on_written(result)
                     except Exception:  # noqa: BLE001 - an observer's bug must not stop publishing
                         log.exception("sink %s: on_written callback failed", self.name)
+            if delivered:
+                self._last_progress = time.monotonic()
             if error is None:
                 if recovered:
                     log.warning("sink %s: publishing again after %d failed attempt(s)", self.name, failures)
@@ -180,13 +187,35 @@ class SpooledSink:
                 log.error("sink %s: %d result(s) not acknowledged (%s): they stay spooled and go again",
                           self.name, len(batch) - delivered, error)
             failures += 1
+            if stuck or not getattr(self.inner, "connected", True):
+                self._reopen(force=True)  # never send again while the old producer still holds the batch
+            else:
+                self._reopen(force=False)
             pause = min(_BACKOFF_S[0] * 2 ** (failures - 1), _BACKOFF_S[1])
             with self._cond:
                 self._cond.wait_for(lambda: self._stop, timeout=pause)
 
-    def _publish(self, batch: list[FrameResult]) -> tuple[int, str | None]:
+    def _reopen(self, *, force: bool) -> None:
+        """A new producer when ``force`` or after ``reopen_after_s`` without progress (the old one may never
+        reconnect by itself)."""
+        now = time.monotonic()
+        if not hasattr(self.inner, "reopen"):
+            return
+        if not force and now - max(self._last_progress, self._last_reopen) < self.reopen_after_s:
+            return
+        self._last_reopen = now
+        try:
+            self.inner.reopen()
+            log.warning("sink %s: no acknowledgement for %.0fs: reconnected with a new producer", self.name,
+                        now - self._last_progress)
+        except SinkError as exc:
+            with self._cond:
+                self._last_error = str(exc)
+
+    def _publish(self, batch: list[FrameResult]) -> tuple[int, str | None, bool]:
         """Send ``batch`` and wait for its acknowledgements: (how many of its first results were
-        acknowledged, the error that stopped the rest or None)."""
+        acknowledged, the error that stopped the rest or None, whether some are still pending in the
+        producer)."""
         futures = []
         error: str | None = None
         for result in batch:
@@ -195,16 +224,19 @@ class SpooledSink:
             except SinkError as exc:
                 error = str(exc)
                 break
+        give_up = time.monotonic() + self.reopen_after_s
         for future in futures:
             while not future.is_done:
                 with self._cond:
                     if self._stop:
-                        return self._prefix(futures), error or "stopped while waiting for the broker"
+                        return self._prefix(futures), error or "stopped while waiting for the broker", True
                     self._cond.wait(0.1)
+                if time.monotonic() > give_up:
+                    return self._prefix(futures), f"no acknowledgement within {self.reopen_after_s:g}s", True
         delivered = self._prefix(futures)
         if delivered < len(futures):
             error = self.inner.describe_error(futures[delivered].exception)
-        return delivered, error
+        return delivered, error, False
 
     @staticmethod
     def _prefix(futures: list[Any]) -> int:
