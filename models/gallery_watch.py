@@ -52,6 +52,8 @@ class GalleryWatcher:
         self._clock = clock
         self._last_check: float | None = None
         self._missing_seen = False
+        self.load_errors = 0  # changed galleries that could not be loaded (the previous one stayed)
+        self.last_error: str | None = None  # why the newest change was refused; None once one loads
         self._signature: _Signature | None = self._current_signature()
         if current is not None and self._saved_version() not in (None, current.version):
             # Changed between the caller's load and now: load it on the first poll.
@@ -99,6 +101,9 @@ class GalleryWatcher:
             if not isinstance(exc, (GalleryError, OSError)):
                 problem = f"{type(exc).__name__}: {problem}"
             log.warning("gallery %s changed but was not loaded, keeping the previous one: %s", self.index_dir, problem)
+            self.load_errors += 1
+            self.last_error = problem
             return None
+        self.last_error = None
         log.info("gallery %s: version %d loaded (%d entries)", self.index_dir, gallery.version, gallery.size)
         return gallery

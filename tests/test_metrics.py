@@ -61,7 +61,7 @@ def _service_metrics() -> m.ServiceMetrics:
     return m.ServiceMetrics(
         version="0.1.0", run_id="abc", streams=[stream],
         sinks=[m.SinkMetrics("kafka", published=3, errors=1, dropped=0, spool={"memory": 2})],
-        batches=1, batch_size=size, batch_wait=None, inference={}, gallery_entries=12, gallery_version=3,
+        batches=1, batch_size=size, batch_wait=None, inference={}, gallery_entries=12, gallery_version=3, gallery_load_errors=0,
         processes={"supervisor": os.getpid(), "inference": None}, restarts={"inference": 0},
     )
 

@@ -6,6 +6,7 @@ Every wait polls a condition with a deadline; deadlines are bounds for a slow ma
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -415,9 +416,10 @@ def test_a_redis_outage_never_stalls_kafka(
     tmp_path: Path, repo_dir: Path, rtsp_base: str, kafka_bootstrap: str, redis_url: str
 ) -> None:
     topic = f"vidrec-serve-{uuid.uuid4().hex[:8]}"
+    prefix = f"vs{uuid.uuid4().hex[:6]}"
     serve = ServeProcess(
         ["--stream", f"clock={rtsp_base}/clock", "--kafka", kafka_bootstrap, "--topic", topic, "--redis", redis_url,
-         "-o", f"Redis.key_prefix=vs{uuid.uuid4().hex[:6]}"],
+         "-o", f"Redis.key_prefix={prefix}"],
         log_path=tmp_path / "serve.log", http_port=free_port(),
     )
     reader: TopicReader | None = None
@@ -438,8 +440,12 @@ def test_a_redis_outage_never_stalls_kafka(
         services(repo_dir, "start", "redis")
         redis_stopped = False
         written = redis_counts()["written"]
+        back_at = time.time()
         wait_for(lambda: redis_counts()["written"] > written + 5, 60, "Redis written to again")
         assert serve.alive()
+        # The overlay's cache caught up: the latest result in Redis is one made after Redis came back.
+        latest = redis.Redis.from_url(redis_url).get(f"{prefix}:latest:clock")
+        assert latest is not None and json.loads(latest)["capture_time"] > back_at
         sink = next(s for s in serve.api("GET", "/streams").body["sinks"] if s["name"] == "redis")
         assert sink["errors"] > 0 and "Redis" in sink["last_error"]
         assert serve.terminate() == 0, serve.log_text()[-4000:]
@@ -474,6 +480,23 @@ def test_a_new_gallery_version_is_picked_up_without_restart(
         wait_for(lambda: any(o["label"] for m in reader.of("bikes") for o in m.value["objects"]), 90,
                  "a recognised object on the live camera")
         assert {m.value["gallery_version"] for m in reader.of("bikes")} == {1}
+
+        # A corrupt gallery in its place: the one in use stays, the error shows on /healthz and /metrics.
+        good = {p.name: p.read_bytes() for p in index_dir.iterdir()}
+        (index_dir / "vector.index").write_bytes(b"not a faiss index")
+        corrupted_at = time.time()
+        health = wait_for(lambda: (g := serve.api("GET", "/healthz").body["gallery"]) and g["error"] and g, 60,
+                          "the refused gallery on /healthz")
+        assert health["load_errors"] >= 1 and health["version"] == 1, health
+        metrics = urllib.request.urlopen(serve.base + "/metrics", timeout=10).read().decode()
+        assert "vidrec_gallery_load_errors_total 1.0" in metrics
+        wait_for(lambda: len(captured_after(reader.of("bikes"), corrupted_at)) >= 5, 60, "results after the corruption")
+        assert {m.value["gallery_version"] for m in captured_after(reader.of("bikes"), corrupted_at)} == {1}
+        assert serve.log_text().count("changed but was not loaded") == 1
+        for name, data in good.items():  # a good one again
+            (index_dir / name).write_bytes(data)
+        wait_for(lambda: serve.api("GET", "/healthz").body["gallery"]["error"] is None, 60, "the good gallery loaded")
+
         taxi = tmp_path / "taxi.txt"
         taxi.write_text("taxi_f36.jpg\ttaxi\n")
         removed = run_vidrec("gallery", "remove", "-o", f"IndexProcess.data_file={taxi}", *gallery)

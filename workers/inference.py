@@ -164,6 +164,8 @@ class InferenceStats:
     batch_wait_seconds: Histogram | None = None
     inference_seconds: dict[str, Histogram] = field(default_factory=dict)
     labels: dict[str, dict[str, int]] = field(default_factory=dict)  # label -> stream -> named boxes (top ones)
+    gallery_load_errors: int = 0  # new gallery versions that could not be loaded (the one in use stayed)
+    gallery_error: str | None = None  # why the newest one was refused; None once one loads
 
 
 @dataclass(frozen=True, slots=True)
@@ -544,6 +546,8 @@ class InferenceWorker:
             batch_wait_seconds=self.batch_wait.copy(),
             inference_seconds={model: hist.copy() for model, hist in self.model_seconds.items()},
             labels=self._top_labels(),
+            gallery_load_errors=self.watcher.load_errors if self.watcher is not None else 0,
+            gallery_error=self.watcher.last_error if self.watcher is not None else None,
         )
 
     def _maybe_report(self) -> None:

@@ -128,6 +128,7 @@ class ServiceMetrics:
     inference: dict[str, Histogram]  # model -> seconds per batch
     gallery_entries: int
     gallery_version: int | None
+    gallery_load_errors: int
     processes: dict[str, int | None]  # name -> pid (None: not running now)
     restarts: dict[str, int]
 
@@ -198,7 +199,9 @@ def _inference_families(m: ServiceMetrics) -> Iterable[Any]:
     entries.add_metric([], m.gallery_entries)
     version = GaugeMetricFamily("vidrec_gallery_version", "Gallery version in use (-1: none)")
     version.add_metric([], -1 if m.gallery_version is None else m.gallery_version)
-    yield from (batches, size, wait, seconds, entries, version)
+    load_errors = CounterMetricFamily("vidrec_gallery_load_errors", "New gallery versions that could not be loaded (the one in use stayed)")
+    load_errors.add_metric([], m.gallery_load_errors)
+    yield from (batches, size, wait, seconds, entries, version, load_errors)
 
 
 def _sink_families(sinks: list[SinkMetrics]) -> Iterable[Any]:

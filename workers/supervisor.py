@@ -661,8 +661,16 @@ class Supervisor:
                     "ingest": [_pid(child) for child in self._ingest],
                 },
                 "failure": self._failure,
+                "gallery": self._gallery_health(),
             }
             return (HTTPStatus.OK if self._phase == "serving" else HTTPStatus.SERVICE_UNAVAILABLE), body
+
+    def _gallery_health(self) -> dict[str, Any] | None:
+        stats = self._stats_now()
+        if stats is None or not self.cfg.IndexProcess.index_dir:
+            return None
+        return {"version": stats.gallery_version, "entries": stats.gallery_entries,
+                "load_errors": stats.gallery_load_errors, "error": stats.gallery_error}
 
     def list_streams(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -743,6 +751,7 @@ class Supervisor:
                 inference=dict(stats.inference_seconds) if stats else {},
                 gallery_entries=stats.gallery_entries if stats else 0,
                 gallery_version=stats.gallery_version if stats else None,
+                gallery_load_errors=stats.gallery_load_errors if stats else 0,
                 processes=processes, restarts=dict(self._restart_totals),
             )
 
@@ -923,6 +932,7 @@ def _merge_stats(past: InferenceStats | None, now: InferenceStats | None) -> Inf
         inference_seconds={model: _merge_hist(past.inference_seconds.get(model), now.inference_seconds.get(model))
                            for model in set(past.inference_seconds) | set(now.inference_seconds)},
         labels=_merge_counts(past.labels, now.labels),
+        gallery_load_errors=past.gallery_load_errors + now.gallery_load_errors,
     )
 
 
