@@ -178,3 +178,33 @@ def test_a_full_spool_drops_the_oldest_counts_them_and_the_gaps_match(
     dropped = final["sinks"]["kafka"]["dropped"]
     assert dropped > 0 and gaps == dropped, f"{gaps} seq gaps on the topic, {dropped} results counted as dropped"
     assert len(unique) == final["counters"]["processed"] - dropped
+
+
+@pytest.mark.timeout(240)
+def test_a_silent_camera_is_caught_by_the_watchdog_while_the_other_goes_on(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """/stall sends for 2 s per session, then keeps the connection open and sends nothing (a paused camera)."""
+    rtsp = os.environ["RTSP_BASE"].rstrip("/")
+    topic = f"vidrec-stall-{uuid.uuid4().hex[:8]}"
+    serve = ServeProcess(
+        ["--stream", f"paused={rtsp}/stall", "--stream", f"clock={rtsp}/clock", "--kafka", kafka_bootstrap,
+         "--topic", topic, "-o", "Service.live.stall_after_s=1.0", "-o", "Service.live.backoff_max_s=2"],
+        log_path=tmp_path / "serve.log", http_port=free_port(),
+    )
+    try:
+        wait_for(serve.healthy, 120, "healthy service (needs VIDREC_MODEL_DIR and scripts/services)")
+        wait_for(lambda: serve.stream("paused")["state"] == "stalled", 60, "the paused camera marked stalled")
+        view = serve.stream("paused")
+        assert "(watchdog)" in view["reason"], view["reason"]
+        clock_then = serve.stream("clock")["counters"]["published"]["kafka"]
+        wait_for(lambda: serve.stream("paused")["state"] in ("reconnecting", "live")
+                 and serve.stream("paused")["since"] > view["since"], 60, "the paused camera reconnecting")
+        assert serve.stream("clock")["counters"]["published"]["kafka"] > clock_then, "the other camera never paused"
+        assert serve.stream("clock")["state"] == "live"
+        wait_for(lambda: serve.stream("paused")["counters"]["reconnects"] >= 1
+                 and serve.stream("paused")["state"] == "live", 60, "the paused camera live again")
+        assert serve.terminate() == 0, serve.log_text()[-3000:]
+        assert "Traceback" not in serve.log_text()
+    finally:
+        serve.kill()
