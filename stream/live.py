@@ -166,18 +166,25 @@ class _Outcome:
 
 
 def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***``, for messages and logs."""
+    """``url`` with any password replaced by ``***``, for messages and logs. Never raises: it runs on every
+    URL a user hands in, malformed ones included (a port that is not a number, an unclosed IPv6 bracket)."""
     try:
         parts = urlsplit(url)
     except ValueError:
+        # Unparsable (an unclosed IPv6 bracket): hide any user:password before the host all the same.
+        scheme, sep, rest = url.partition("://")
+        netloc, slash, path = rest.partition("/")
+        if sep and "@" in netloc:
+            return f"{scheme}://***@{netloc.rpartition('@')[2]}{slash}{path}"
         return url
-    if parts.password is None:
+    if "@" not in parts.netloc:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, has_password, _ = userinfo.partition(":")
+    if not has_password:
+        return url
+    # The host and port exactly as written (IPv6 brackets kept; a bad port is shown, not parsed).
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
 
 
 def _default_stream_id(url: str) -> str:

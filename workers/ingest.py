@@ -47,12 +47,39 @@ Kind = Literal["live", "file"]
 LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp"})
 
 
+# Network schemes whose URLs must name a host (udp://, tcp://, srt://, rtp:// may listen on a bare :port).
+_HOST_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "http", "https"})
+
+
 def resolve_kind(url: str, kind: str = "auto") -> Kind:
-    """``live`` for a network URL, ``file`` for a path or file:// URL, unless ``kind`` says which."""
-    if kind in ("live", "file"):
-        return kind  # type: ignore[return-value]
-    scheme = urlsplit(url).scheme.lower()
-    return "live" if scheme in LIVE_SCHEMES else "file"
+    """``live`` for a network URL, ``file`` for a path or file:// URL, unless ``kind`` says which.
+
+    Raises ``ValueError`` (one line naming the URL, password hidden) for what no connection could fix and is
+    known before any: a malformed URL, a port that is not a number in 0-65535, a camera URL without a host,
+    and, with ``kind`` auto, a ``scheme://`` that is neither a camera's nor ``file://`` (``ftp://``, a typo such as
+    ``rtps://``), which would otherwise be taken for a file path that does not exist.
+    """
+    if kind == "file":
+        return "file"
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unclosed IPv6 bracket
+        raise ValueError(f"{redact(url)}: not a valid URL ({exc})") from None
+    scheme = parts.scheme.lower()
+    if scheme in LIVE_SCHEMES:
+        try:
+            parts.port  # noqa: B018 - parsing it is the check
+        except ValueError as exc:
+            raise ValueError(f"{redact(url)}: bad port ({exc})") from None
+        if scheme in _HOST_SCHEMES and not parts.hostname:
+            raise ValueError(f"{redact(url)}: no host in the URL")
+        return "live"
+    if kind == "live":
+        return "live"  # whatever FFmpeg makes of it (an unknown protocol fails the stream with one line)
+    if scheme and scheme != "file" and url[len(scheme):].startswith("://"):
+        raise ValueError(f"{redact(url)}: unsupported URL scheme {scheme!r} (cameras: "
+                         f"{', '.join(sorted(LIVE_SCHEMES))}; files: a path or file://)")
+    return "file"
 
 
 def file_path(url: str) -> str:

@@ -90,7 +90,10 @@ def plan_service(args: argparse.Namespace) -> ServePlan:
         try:
             plans.append(plan_from_spec(spec))
         except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+            message = str(exc)
+            if not message.startswith(f"stream {spec.id!r}"):  # a bad URL: say which stream has it
+                message = f"stream {spec.id!r}: {message}"
+            raise ConfigError(message) from None
     if len(plans) > cfg.Service.max_streams:
         raise ConfigError(f"{len(plans)} streams given but Service.max_streams is {cfg.Service.max_streams}")
     http = parse_http(args.http) if args.http else (
