@@ -208,3 +208,43 @@ def test_a_silent_camera_is_caught_by_the_watchdog_while_the_other_goes_on(
         assert "Traceback" not in serve.log_text()
     finally:
         serve.kill()
+
+
+@pytest.mark.timeout(300)
+def test_what_a_killed_worker_spooled_on_disk_is_published_by_its_successor(
+    tmp_path: Path, repo_dir: Path, kafka_bootstrap: str, kafka_back: None
+) -> None:
+    import signal
+
+    rtsp = os.environ["RTSP_BASE"].rstrip("/")
+    topic = f"vidrec-adopt-{uuid.uuid4().hex[:8]}"
+    serve = ServeProcess(
+        ["--stream", f"clock={rtsp}/clock", "--kafka", kafka_bootstrap, "--topic", topic,
+         "-o", "Kafka.spool_memory_results=20", "-o", f"Kafka.spool_dir={tmp_path / 'spool'}",
+         "-o", "Kafka.spool_max_bytes=67108864"],
+        log_path=tmp_path / "serve.log", http_port=free_port(),
+    )
+    try:
+        wait_for(serve.healthy, 120, "healthy service (needs VIDREC_MODEL_DIR and scripts/services)")
+        wait_for(lambda: serve.stream("clock")["counters"]["published"]["kafka"] >= 5, 90, "acknowledged results")
+        run_id = serve.api("GET", "/healthz").body["run_id"]
+        services(repo_dir, "stop", "kafka")
+        wait_for(lambda: spooled(serve)["disk"] >= 40, 120, "results spooled on disk while the broker is down")
+        victim = serve.api("GET", "/healthz").body["workers"]["inference"]
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: serve.api("GET", "/healthz").body["workers"]["inference"] not in (None, victim), 60,
+                 "a new inference worker")
+        services(repo_dir, "start", "kafka")
+        wait_for(lambda: "previous inference worker left on disk" in serve.log_text(), 60, "the old spool taken over")
+        wait_for(lambda: serve.stream("clock")["counters"]["published"]["kafka"] > 0 and spooled(serve)["disk"] == 0,
+                 180, "the taken-over spool published")
+        assert serve.terminate() == 0, serve.log_text()[-3000:]
+    finally:
+        serve.kill()
+    old = sorted(m["seq"] for m in read_topic(kafka_bootstrap, topic) if m["run_id"] == run_id)
+    unique = sorted(set(old))
+    # Lost with the killed worker: only its memory part (the 20 oldest waiting) and the batch it was sending.
+    missing = set(range(unique[-1] + 1)) - set(unique)
+    assert len(missing) <= 20 + 10, f"{len(missing)} results of the killed worker lost"
+    assert max(unique) >= 40 + 20, "the results it had spooled on disk reached the topic"
+    assert not list((tmp_path / "spool").glob("*")), "no spool folder left behind"

@@ -121,3 +121,21 @@ def test_bad_bounds_are_refused(tmp_path: Path) -> None:
         Spool(memory_max=0)
     with pytest.raises(ValueError, match="at least one segment"):
         Spool(memory_max=1, directory=tmp_path, disk_max_bytes=10, segment_bytes=1024)
+
+
+def test_a_dead_predecessors_segments_come_first_and_a_torn_line_is_cut(tmp_path: Path) -> None:
+    old = Spool(memory_max=2, directory=tmp_path / "old", disk_max_bytes=64 * 1024, segment_bytes=1024)
+    for i in range(12):
+        old.put(result(i, "a" if i % 2 else "b"))
+    # The worker dies here: its memory part (0, 1) is gone, its segments stay; the last line is half written.
+    newest = sorted((tmp_path / "old").glob("segment-*.jsonl"))[-1]
+    with newest.open("ab") as f:
+        f.write(result(12).to_json().encode()[:40])
+    new = Spool(memory_max=2, directory=tmp_path / "new", disk_max_bytes=64 * 1024, segment_bytes=1024,
+                adopt=[tmp_path / "old"])
+    assert new.adopted == 10 and new.depth() == {"memory": 0, "disk": 10}
+    assert not (tmp_path / "old").exists(), "the old folder is taken over"
+    new.put(result(100))
+    got = drain_in_batches(new, 4)
+    assert indices(got) == list(range(2, 12)) + [100]
+    assert [r.to_json() for r in got[:10]] == [result(i, "a" if i % 2 else "b").to_json() for i in range(2, 12)]

@@ -242,7 +242,8 @@ class InferenceWorker:
         self.class_names = self.system.detector.class_names
         self.watcher = gallery_watcher(cfg, self.system)
         self._warm_up()
-        sinks = open_sinks(cfg, VideoOutputs())
+        # A restarted worker must come up even while a broker is down (its spool waits for it).
+        sinks = open_sinks(cfg, VideoOutputs(), servers_may_be_down=settings.incarnation > 0)
         for sink in sinks:
             if hasattr(sink, "flush_timeout_s"):
                 sink.flush_timeout_s = settings.sink_close_timeout_s
@@ -279,12 +280,17 @@ class InferenceWorker:
         sinks (Redis: the latest state) through a bounded queue that drops the oldest."""
         if isinstance(sink, KafkaSink):
             k = cfg.Kafka
-            directory = None
+            directory, adopt = None, []
             if k.spool_max_bytes > 0:
-                base = Path(k.spool_dir) if k.spool_dir else Path(tempfile.gettempdir())
-                directory = base / f"vidrec-spool-{self.result_run_id}-kafka"
+                directory = spool_dir(k, self.result_run_id)
+                # A restarted worker takes over what its dead predecessors had spooled on disk.
+                adopt = [d for d in spool_dirs_of_run(k, self.settings.run_id) if d != directory]
             segment = max(64 * 1024, min(4 * 1024 * 1024, k.spool_max_bytes // 4))
-            spool = Spool(k.spool_memory_results, directory, disk_max_bytes=k.spool_max_bytes, segment_bytes=segment)
+            spool = Spool(k.spool_memory_results, directory, disk_max_bytes=k.spool_max_bytes, segment_bytes=segment,
+                          adopt=adopt)
+            if spool.adopted:
+                log.warning("kafka spool: %d result(s) a previous inference worker left on disk go out first",
+                            spool.adopted)
             return SpooledSink(sink, name="kafka", spool=spool, batch_max=min(500, k.spool_memory_results // 2),
                                on_written=on_written)
         return AsyncSink(sink, name=_sink_name(sink), max_queue=self.settings.sink_queue_size, on_written=on_written)
@@ -555,6 +561,26 @@ class InferenceWorker:
         if now >= self._next_stats:
             self._next_stats = now + self.settings.stats_interval_s
             self._status.put(self._stats())
+
+
+def spool_dir(kafka: Any, run_label: str) -> Path:
+    """Where the inference worker of ``run_label`` (``<run>`` or ``<run>.<n>``) spools Kafka results on disk."""
+    base = Path(kafka.spool_dir) if kafka.spool_dir else Path(tempfile.gettempdir())
+    return base / f"vidrec-spool-{run_label}-kafka"
+
+
+def spool_dirs_of_run(kafka: Any, run_id: str) -> list[Path]:
+    """Every worker incarnation's spool folder of a run, oldest first."""
+    base = spool_dir(kafka, run_id).parent
+    found = [d for d in base.glob(f"vidrec-spool-{run_id}*-kafka") if d.is_dir()]
+
+    def incarnation(path: Path) -> int:
+        label = path.name[len("vidrec-spool-"):-len("-kafka")]
+        tail = label[len(run_id):].lstrip(".")
+        return int(tail) if tail.isdigit() else 0
+
+    return sorted((d for d in found if d.name[len("vidrec-spool-"):-len("-kafka")].split(".")[0] == run_id),
+                  key=incarnation)
 
 
 def _sink_name(sink: Any) -> str:

@@ -390,6 +390,20 @@ class Supervisor:
         removed = unlink_run_segments(self.run_id)
         if removed:
             log.info("removed %d shared-memory segment(s) left by the workers", len(removed))
+        if self.cfg.Kafka.bootstrap and self.cfg.Kafka.spool_max_bytes > 0:
+            from workers.inference import spool_dirs_of_run
+
+            for folder in spool_dirs_of_run(self.cfg.Kafka, self.run_id):  # left by a worker that was killed
+                files = list(folder.glob("segment-*.jsonl"))
+                lost = sum(f.read_bytes().count(b"\n") for f in files)
+                for f in files:
+                    f.unlink()
+                try:
+                    folder.rmdir()
+                except OSError:
+                    pass
+                if lost:
+                    log.error("%s: %d spooled result(s) never published (lost)", folder, lost)
 
     def _set_failure(self, message: str) -> None:
         if self._failure is None:

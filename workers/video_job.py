@@ -105,8 +105,9 @@ def to_results(frames: Sequence[Frame], recognition: BatchRecognition, class_nam
     return results
 
 
-def open_sinks(cfg: VidrecConfig, outputs: VideoOutputs) -> list[ResultSink]:
-    """Open every configured sink up front, so an unreachable broker fails before any work is done.
+def open_sinks(cfg: VidrecConfig, outputs: VideoOutputs, *, servers_may_be_down: bool = False) -> list[ResultSink]:
+    """Open every configured sink up front, so an unreachable broker fails before any work is done
+    (``servers_may_be_down``: a restarted service worker, which must start whatever the broker's state).
 
     Kafka TLS/SASL and the Redis password come from the ``Kafka`` / ``Redis`` sections (passwords from the
     environment variables they name), also for a broker or URL given on the command line.
@@ -118,11 +119,13 @@ def open_sinks(cfg: VidrecConfig, outputs: VideoOutputs) -> list[ResultSink]:
         bootstrap = outputs.kafka_bootstrap or cfg.Kafka.bootstrap
         if bootstrap:
             security = kafka_security_kwargs(cfg.Kafka.model_copy(update={"bootstrap": bootstrap}))
-            sinks.append(KafkaSink(bootstrap, outputs.kafka_topic or cfg.Kafka.topic, connect_timeout_s=cfg.Kafka.connect_timeout_s, extra=security))
+            sinks.append(KafkaSink(bootstrap, outputs.kafka_topic or cfg.Kafka.topic, connect_timeout_s=cfg.Kafka.connect_timeout_s,
+                                   extra=security, require_broker=not servers_may_be_down))
         redis_url = outputs.redis_url or cfg.Redis.url
         if redis_url:
             auth = redis_auth_kwargs(cfg.Redis.model_copy(update={"url": redis_url}))
-            sinks.append(RedisSink(redis_url, history_len=cfg.Redis.history_len, ttl_s=cfg.Redis.ttl_s, key_prefix=cfg.Redis.key_prefix, **auth))
+            sinks.append(RedisSink(redis_url, history_len=cfg.Redis.history_len, ttl_s=cfg.Redis.ttl_s, key_prefix=cfg.Redis.key_prefix,
+                                   require_server=not servers_may_be_down, **auth))
     except BaseException:
         for sink in sinks:
             sink.abort()

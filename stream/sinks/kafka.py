@@ -37,9 +37,12 @@ class KafkaSink:
         connect_timeout_s: float = 5.0,
         extra: dict[str, Any] | None = None,
         flush_timeout_s: float = 30.0,
+        require_broker: bool = True,
     ) -> None:
         """``extra``: further kafka-python producer settings (security, compression, ...); the ones an
-        admin client also understands (security, SSL, SASL) are used for the topic check too."""
+        admin client also understands (security, SSL, SASL) are used for the topic check too.
+        ``require_broker=False`` (a restarted service worker, whose topic exists): an unreachable broker is
+        not an error; the sink starts disconnected and ``reopen`` connects later."""
         self.bootstrap = bootstrap
         self.topic = topic
         self.flush_timeout_s = flush_timeout_s
@@ -68,6 +71,9 @@ class KafkaSink:
         try:
             self._producer = KafkaProducer(**config)
         except (KafkaError, OSError, ValueError) as exc:
+            if not require_broker:
+                self.connected = False
+                return
             raise SinkError(f"cannot reach Kafka at {bootstrap}: {self._describe(exc)}") from exc
         try:
             self._ensure_topic(config, connect_ms)

@@ -52,9 +52,11 @@ class RedisSink:
         connect_timeout_s: float = 2.0,
         password: str | None = None,
         ssl_ca_certs: str | None = None,
+        require_server: bool = True,
     ) -> None:
         """``password``: AUTH password (the URL may carry a user name, not also a password);
-        ``ssl_ca_certs``: CA bundle for a ``rediss://`` URL."""
+        ``ssl_ca_certs``: CA bundle for a ``rediss://`` URL. ``require_server=False`` (a restarted service
+        worker): no check that the server answers now; writes fail (and are counted) until it does."""
         if history_len < 1:
             raise ValueError(f"RedisSink history_len must be >= 1, got {history_len}")
         if ttl_s is not None and ttl_s < 1:
@@ -90,7 +92,8 @@ class RedisSink:
                 **({"password": password} if password is not None else {}),
                 **tls_options,
             )
-            self._client.ping()
+            if require_server:
+                self._client.ping()
         except (redis.RedisError, OSError, ValueError) as exc:
             raise SinkError(f"cannot reach Redis at {self.address}: {_describe(exc, self._secrets)}") from exc
         # Once connected, ride out a brief blip (all writes but PUBLISH are idempotent).

@@ -9,15 +9,19 @@ deleted (with no disk configured: the oldest result in memory is), and what was 
 and returned, so the caller can say so.
 
 One writer thread and one reader thread may use it at once (a lock guards every method). The files are this
-spool's alone: ``directory`` is emptied when it opens and when it closes.
+spool's alone: ``directory`` is emptied when it opens and when it closes. ``adopt`` takes over the segment files
+a dead predecessor left in its own directories (a killed worker's disk part): they come first, in their order,
+and a line its writer did not finish is cut off.
 """
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 from stream.messages import FrameResult
 
@@ -34,7 +38,7 @@ class _Segment:
 
 class Spool:
     def __init__(self, memory_max: int, directory: str | Path | None = None, *, disk_max_bytes: int = 0,
-                 segment_bytes: int = 4 * 1024 * 1024) -> None:
+                 segment_bytes: int = 4 * 1024 * 1024, adopt: Iterable[Path] = ()) -> None:
         if memory_max < 1:
             raise ValueError(f"spool memory_max must be >= 1, got {memory_max}")
         if directory is not None and disk_max_bytes < segment_bytes:
@@ -49,11 +53,40 @@ class Spool:
         self._writer: object | None = None  # open file of the newest segment
         self._next_segment = 0
         self._inflight = 0  # the oldest results the reader peeked and is delivering: never dropped
+        self.adopted = 0  # results taken over from a predecessor's segments
         self.dropped: Counter = Counter()  # per stream, since the start
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
             for stale in self.directory.glob("segment-*.jsonl"):
                 stale.unlink()
+            for old_dir in adopt:
+                self.adopted += self._adopt(Path(old_dir))
+
+    def _adopt(self, old_dir: Path) -> int:
+        """Move ``old_dir``'s segments in (oldest first); returns how many results they hold."""
+        assert self.directory is not None
+        total = 0
+        for path in sorted(old_dir.glob("segment-*.jsonl")):
+            data = path.read_bytes()
+            whole = data[: data.rfind(b"\n") + 1]  # a killed writer may have left half a line
+            if not whole:
+                path.unlink()
+                continue
+            target = self.directory / f"segment-{self._next_segment:08d}.jsonl"
+            self._next_segment += 1
+            target.write_bytes(whole)
+            path.unlink()
+            segment = _Segment(target, nbytes=len(whole))
+            for line in whole.splitlines():
+                segment.count += 1
+                segment.streams[json.loads(line)["stream_id"]] += 1
+            self._segments.append(segment)
+            total += segment.count
+        try:
+            old_dir.rmdir()
+        except OSError:
+            pass
+        return total
 
     # -- sizes --------------------------------------------------------------------------------------------
     def __len__(self) -> int:
