@@ -191,6 +191,31 @@ class _Handler(BaseHTTPRequestHandler):
     api: ApiServer
     server_version = "vidrec"
     protocol_version = "HTTP/1.1"
+    # A client that stops sending (a body shorter than its Content-Length, an idle keep-alive) gives its
+    # thread back after this long instead of holding it forever. The event stream writes, never reads.
+    timeout = 30.0
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            self.close_connection = True  # the client went away or stalled: nothing to answer
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's own refusals (bad request line, headers too long, unknown method) as this
+        API's JSON errors rather than an HTML page."""
+        self._allowed = None
+        self.close_connection = True
+        try:
+            self._send(code, {"error": message or HTTPStatus(code).phrase})
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def do_HEAD(self) -> None:
+        self._dispatch("HEAD")
+
+    def do_OPTIONS(self) -> None:
+        self._dispatch("OPTIONS")
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
         log.debug("http %s - %s", self.address_string(), format % args)
@@ -375,8 +400,11 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             length = int(length_header)
         except ValueError:
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"bad Content-Length {length_header!r}") from None
-        if length < 0 or length > self.api.max_body_bytes:
+            length = -1
+        if length < 0:
+            self.close_connection = True
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"bad Content-Length {length_header!r}")
+        if length > self.api.max_body_bytes:
             self.close_connection = True  # the body is left unread
             raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body of {length} bytes is over the {self.api.max_body_bytes}-byte limit")
         raw = self.rfile.read(length)
@@ -385,6 +413,8 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ApiError(HTTPStatus.BAD_REQUEST, f"body is not JSON: {exc}") from None
+        except RecursionError:  # "[[[[..." deeper than the parser's stack: not a body this API takes
+            raise ApiError(HTTPStatus.BAD_REQUEST, "body is not JSON: nested too deeply") from None
         if not isinstance(body, dict):
             raise ApiError(HTTPStatus.BAD_REQUEST, f"body must be a JSON object, got {type(body).__name__}")
         return body
