@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,3 +34,23 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], *fragments: st
     for fragment in fragments:
         assert fragment in errors[0], f"{fragment!r} not in {errors[0]!r}"
     return errors[0]
+
+
+def sample_gallery(index_dir: Path) -> list[str]:
+    """Build the bundled sample gallery (samples/gallery: taxi, cyclist, parked bicycle) into ``index_dir`` with
+    the real CLI; returns the ``-o`` options that point a command at it."""
+    gallery_dir = REPO / "samples" / "gallery"
+    options = ["-o", f"IndexProcess.image_root={gallery_dir}", "-o", f"IndexProcess.index_dir={index_dir}"]
+    built = run_vidrec("gallery", "build", "-o", f"IndexProcess.data_file={gallery_dir / 'data_file.txt'}", *options)
+    assert built.returncode == 0, built.stderr
+    return options
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    assert path, f"{name} not found on PATH: install FFmpeg (apt-get install ffmpeg) to build the test clips"
+    return path
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run([tool("ffmpeg"), "-v", "error", "-y", *args], check=True, timeout=120)

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from stream.live import redact
-from tests.cli_helpers import assert_one_line_error, run_vidrec
+from tests.cli_helpers import assert_one_line_error, run_vidrec, sample_gallery, ffmpeg, tool
 from tests.serve_helpers import ServeProcess, TopicReader, free_port, wait_for
 
 TOKEN = "bad-input-token-" + uuid.uuid4().hex
@@ -38,20 +38,12 @@ POLL_S = 0.2  # API polls: the machine is shared, do not hammer it
 
 
 # ---------------------------------------------------------------------------------------------- the clips ---
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    assert path, f"{name} not found on PATH: install FFmpeg (apt-get install ffmpeg) to build the test clips"
-    return path
-
-
-def ffmpeg(*args: str) -> None:
-    subprocess.run([_tool("ffmpeg"), "-v", "error", "-y", *args], check=True, timeout=120)
 
 
 def frame_sizes(path: Path) -> list[tuple[int, int]]:
     """Every decoded frame's size, by ffprobe (the reference, independent of vidrec)."""
     out = subprocess.run(
-        [_tool("ffprobe"), "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=width,height",
+        [tool("ffprobe"), "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=width,height",
          "-of", "json", str(path)], check=True, capture_output=True, text=True, timeout=120,
     ).stdout
     return [(f["width"], f["height"]) for f in json.loads(out)["frames"]]
@@ -149,9 +141,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory, repo_dir: Path, bikes_mp4: P
     # A gallery for the gallery routes; the API may read images only under uploads/.
     gallery_dir = repo_dir / "samples" / "gallery"
     index_dir = base / "index"
-    gallery = ["-o", f"IndexProcess.image_root={gallery_dir}", "-o", f"IndexProcess.index_dir={index_dir}"]
-    built = run_vidrec("gallery", "build", "-o", f"IndexProcess.data_file={gallery_dir / 'data_file.txt'}", *gallery)
-    assert built.returncode == 0, built.stderr
+    gallery = sample_gallery(index_dir)
     uploads, outside = base / "uploads", base / "outside"
     uploads.mkdir()
     outside.mkdir()

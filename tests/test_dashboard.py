@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cli_helpers import run_vidrec
+from tests.cli_helpers import sample_gallery
 from tests.polling import wait_for
 from tests.prometheus_helpers import PrometheusServer, promtool_check_metrics
 from tests.serve_helpers import REPO, ServeProcess, free_port
@@ -332,10 +332,7 @@ def test_every_panel_query_returns_data_from_a_live_service(
     tmp_path: Path, rtsp_base: str, bikes_mp4: Path, kafka_bootstrap: str, redis_url: str, model_dir: Path
 ) -> None:
     # A gallery, so that objects get names (GET /recognitions) and the "search" model runs.
-    gallery_dir = REPO / "samples" / "gallery"
-    gallery = ["-o", f"IndexProcess.image_root={gallery_dir}", "-o", f"IndexProcess.index_dir={tmp_path / 'index'}"]
-    built = run_vidrec("gallery", "build", "-o", f"IndexProcess.data_file={gallery_dir / 'data_file.txt'}", *gallery)
-    assert built.returncode == 0, built.stderr
+    gallery = sample_gallery(tmp_path / 'index')
     port = free_port()
     serve = ServeProcess(
         ["--stream", f"bikes={rtsp_base}/bikes", "--stream", f"file={bikes_mp4}",

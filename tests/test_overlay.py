@@ -25,7 +25,7 @@ import pytest
 
 from stream.messages import STREAM_STATES
 from tests.browser_helpers import Browser, chromium
-from tests.cli_helpers import run_vidrec
+from tests.cli_helpers import sample_gallery
 from tests.serve_helpers import REPO, ServeProcess, TopicReader, free_port, wait_for
 
 TOKEN = "overlay-token-" + uuid.uuid4().hex
@@ -143,11 +143,8 @@ def save_screenshot(browser: Browser, name: str, *, docs: bool = False) -> Path:
 def test_the_page_draws_the_kafka_boxes_of_the_frame_it_shows(
     tmp_path: Path, rtsp_base: str, kafka_bootstrap: str, redis_url: str
 ) -> None:
-    gallery_dir = REPO / "samples" / "gallery"
     index_dir = tmp_path / "index"
-    gallery = ["-o", f"IndexProcess.image_root={gallery_dir}", "-o", f"IndexProcess.index_dir={index_dir}"]
-    built = run_vidrec("gallery", "build", "-o", f"IndexProcess.data_file={gallery_dir / 'data_file.txt'}", *gallery)
-    assert built.returncode == 0, built.stderr
+    gallery = sample_gallery(index_dir)
     topic = f"vidrec-overlay-{uuid.uuid4().hex[:8]}"
     serve = ServeProcess(
         ["--stream", f"bikes={rtsp_base}/bikes", "--kafka", kafka_bootstrap, "--topic", topic, "--redis", redis_url,

@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from stream.messages import STREAM_STATES, load_schema
-from tests.cli_helpers import assert_one_line_error, run_vidrec
+from tests.cli_helpers import assert_one_line_error, run_vidrec, sample_gallery
 from tests.serve_helpers import ServeProcess, TopicReader, free_port, wait_for
 
 SCHEMA = load_schema()
@@ -463,11 +463,8 @@ def test_a_redis_outage_never_stalls_kafka(
 def test_a_new_gallery_version_is_picked_up_without_restart(
     tmp_path: Path, repo_dir: Path, rtsp_base: str, kafka_bootstrap: str
 ) -> None:
-    gallery_dir = repo_dir / "samples" / "gallery"
     index_dir = tmp_path / "index"
-    gallery = ["-o", f"IndexProcess.image_root={gallery_dir}", "-o", f"IndexProcess.index_dir={index_dir}"]
-    built = run_vidrec("gallery", "build", "-o", f"IndexProcess.data_file={gallery_dir / 'data_file.txt'}", *gallery)
-    assert built.returncode == 0, built.stderr
+    gallery = sample_gallery(index_dir)
     topic = f"vidrec-serve-{uuid.uuid4().hex[:8]}"
     serve = ServeProcess(
         ["--stream", f"bikes={rtsp_base}/bikes", "--kafka", kafka_bootstrap, "--topic", topic, *gallery],

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.cli_helpers import run_vidrec
+from tests.cli_helpers import run_vidrec, sample_gallery
 from tests.serve_helpers import ServeProcess, TopicReader, free_port, wait_for
 
 TOKEN = "metrics-token-" + uuid.uuid4().hex
@@ -46,11 +46,8 @@ def scrape(base: str) -> dict[tuple[str, tuple], float]:
 def test_counts_on_the_metrics_agree_with_kafka_and_reads_need_the_token(
     tmp_path: Path, repo_dir: Path, kafka_bootstrap: str, redis_url: str
 ) -> None:
-    gallery_dir = repo_dir / "samples" / "gallery"
     index_dir = tmp_path / "index"
-    gallery = ["-o", f"IndexProcess.image_root={gallery_dir}", "-o", f"IndexProcess.index_dir={index_dir}"]
-    built = run_vidrec("gallery", "build", "-o", f"IndexProcess.data_file={gallery_dir / 'data_file.txt'}", *gallery)
-    assert built.returncode == 0, built.stderr
+    gallery = sample_gallery(index_dir)
     topic = f"vidrec-metrics-{uuid.uuid4().hex[:8]}"
     serve = ServeProcess(
         ["--stream", f"bikes={repo_dir / 'samples' / 'bikes.mp4'}", "--kafka", kafka_bootstrap, "--topic", topic,

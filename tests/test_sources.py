@@ -10,23 +10,16 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.cli_helpers import ffmpeg, tool
 from stream.errors import SourceError
 from stream.sources import open_source
 
 
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    assert path, f"{name} not found on PATH: install FFmpeg (apt-get install ffmpeg) to build the test clips"
-    return path
-
-
-def ffmpeg(*args: str) -> None:
-    subprocess.run([_tool("ffmpeg"), "-v", "error", "-y", *args], check=True, timeout=120)
 
 
 def ffprobe_frame_count(path: Path) -> int:
     out = subprocess.run(
-        [_tool("ffprobe"), "-v", "error", "-count_frames", "-select_streams", "v:0",
+        [tool("ffprobe"), "-v", "error", "-count_frames", "-select_streams", "v:0",
          "-show_entries", "stream=nb_read_frames", "-of", "json", str(path)],
         check=True, capture_output=True, text=True, timeout=120,
     ).stdout
