@@ -241,7 +241,8 @@ class InferenceWorker:
         self.system = build_system(cfg)
         self.class_names = self.system.detector.class_names
         self.watcher = gallery_watcher(cfg, self.system)
-        self._warm_up()
+        # The most crops one batch can bring: every frame's boxes plus its whole-frame box.
+        self._warm_up(max_crops=settings.max_batch * (cfg.Global.max_det_results + 1))
         # A restarted worker must come up even while a broker is down (its spool waits for it).
         sinks = open_sinks(cfg, VideoOutputs(), servers_may_be_down=settings.incarnation > 0)
         for sink in sinks:
@@ -305,11 +306,21 @@ class InferenceWorker:
         if info is not None:
             info.e2e_seconds.observe(max(0.0, time.time() - result.capture_time))
 
-    def _warm_up(self) -> None:
-        """One small and one full batch, so the first camera frames do not pay for the runtime's first runs."""
+    def _warm_up(self, max_crops: int) -> None:
+        """Every batch size the models will see, the largest first, so the first camera frames do not pay for
+        the runtime's first runs, and memory is at its level from the start: ONNX Runtime's memory arena
+        grows to the largest pattern it has met, which otherwise shows as a one-time jump of ~140 MB minutes
+        into a run, whenever a batch with many objects first comes (bench/soak.py, docs/benchmarks.md)."""
         image = np.zeros((360, 640, 3), np.uint8)
-        self.system.run([image])
-        self.system.run([image] * self.settings.max_batch)
+        most = self.settings.max_batch
+        for n in (most, *range(1, most + 1)):
+            self.system.run([image] * n)
+        recognizer = self.system.recognizer
+        if recognizer is not None and self.system.gallery is not None:
+            crop = np.zeros((32, 32, 3), np.uint8)
+            largest = min(max_crops, recognizer.max_batch)
+            for n in (largest, *range(1, largest + 1)):
+                recognizer.embed([crop] * n)
 
     # -- main loop -------------------------------------------------------------------------------------------
     def run(self, control_queue: Any) -> InferenceExited:
