@@ -49,6 +49,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from proctree import descendants  # bench/ is on sys.path when a benchmark runs as a script
+
 REPO = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -62,30 +64,6 @@ def proc_ticks(pid: int) -> int | None:
     except (OSError, IndexError):
         return None
     return int(rest[11]) + int(rest[12])  # fields 14 and 15 of stat(5)
-
-
-def children_map() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        kids.setdefault(ppid, []).append(int(name))
-    return kids
-
-
-def tree(pid: int) -> list[int]:
-    kids = children_map()
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(kids.get(p, []))
-    return out
 
 
 def machine_ticks() -> tuple[int, int]:
@@ -126,7 +104,7 @@ class CpuMeter(threading.Thread):
 
     def sample(self) -> None:
         seen = {}
-        for pid in tree(self.root):
+        for pid in [self.root, *descendants(self.root)]:
             ticks = proc_ticks(pid)
             if ticks is not None:
                 seen[pid] = ticks

@@ -63,6 +63,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from proctree import descendants  # bench/ is on sys.path when a benchmark runs as a script
+
 REPO = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
 SHM_DIR = Path("/dev/shm")
@@ -143,30 +145,6 @@ def shm_mapped(pid: int) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return len(ours), len(deleted), len(other)
-
-
-def children_map() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        kids.setdefault(ppid, []).append(int(name))
-    return kids
-
-
-def descendants(pid: int) -> list[int]:
-    kids = children_map()
-    out, todo = [], list(kids.get(pid, []))
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(kids.get(p, []))
-    return sorted(out)
 
 
 def cmdline(pid: int) -> str:
