@@ -72,9 +72,13 @@ def test_counts_on_the_metrics_agree_with_kafka_and_reads_need_the_token(
         wait_for(lambda: reader.count("bikes") >= FRAMES, 120, "every frame's result on Kafka")
         wait_for(lambda: scrape(serve.base)[("vidrec_stream_state", (("state", "ended"), ("stream", "bikes")))] == 1,
                  60, "the stream's state 'ended' on /metrics")
-        wait_for(lambda: all(scrape(serve.base)[("vidrec_sink_published_total", (("sink", sink),))] == FRAMES
-                             for sink in ("kafka", "redis")), 30,
-                 "the last report of the sink counters (Kafka counts a result when the broker acknowledged it)")
+        def settled() -> bool:
+            now = scrape(serve.base)
+            return (all(now[("vidrec_sink_published_total", (("sink", sink),))] == FRAMES for sink in ("kafka", "redis"))
+                    and now[("vidrec_e2e_latency_seconds_count", (("stream", "bikes"),))] == FRAMES)
+
+        wait_for(settled, 30, "the last report of the sink counters (Kafka counts a result when the broker "
+                              "acknowledged it, and times it just after)")
         samples = scrape(serve.base)
         s = (("stream", "bikes"),)
         assert samples[("vidrec_frames_decoded_total", s)] == FRAMES
