@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from proctree import descendants  # bench/ is on sys.path when a benchmark runs as a script
+from sample_gallery import ensure_gallery
 
 REPO = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -387,16 +388,6 @@ def run_once(args: argparse.Namespace, cameras: int, max_batch: int) -> RunResul
 
 
 # ------------------------------------------------------------------------------------------ main ---------
-def ensure_gallery(index_dir: Path) -> None:
-    if (index_dir / "meta.json").is_file():
-        return
-    print(f"building the sample gallery into {index_dir}", file=sys.stderr)
-    subprocess.run([sys.executable, "-m", "workers.cli", "gallery", "build",
-                    "-o", "IndexProcess.data_file=samples/gallery/data_file.txt",
-                    "-o", "IndexProcess.image_root=samples/gallery", "-o", f"IndexProcess.index_dir={index_dir}"],
-                   cwd=REPO, check=True)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cameras", default="1,2,4", help="comma-separated camera counts, one service run each")

@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 from proctree import descendants  # bench/ is on sys.path when a benchmark runs as a script
+from sample_gallery import ensure_gallery
 
 REPO = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -460,16 +461,6 @@ def evaluate(args, samples: list[dict], base: dict, end: dict, stop: dict, loope
 
 
 # ------------------------------------------------------------------------------------------ main ---------
-def ensure_gallery(index_dir: Path) -> None:
-    if (index_dir / "meta.json").is_file():
-        return
-    print(f"building the sample gallery into {index_dir}", file=sys.stderr)
-    subprocess.run([sys.executable, "-m", "workers.cli", "gallery", "build",
-                    "-o", "IndexProcess.data_file=samples/gallery/data_file.txt",
-                    "-o", "IndexProcess.image_root=samples/gallery", "-o", f"IndexProcess.index_dir={index_dir}"],
-                   cwd=REPO, check=True)
-
-
 def code_version() -> str:
     """The commit the service ran from, and whether its code had uncommitted changes (others may be editing)."""
     try:
