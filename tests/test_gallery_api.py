@@ -29,7 +29,8 @@ from models.gallery import GalleryIndex
 from models.recognizer import Recognizer
 from workers.gallery_api import GalleryService
 from workers.gallery_job import list_gallery, new_gallery
-from workers.http_api import ApiError
+from workers.http_api import status_of
+from workers.service_errors import RequestRefused
 from workers.system import build_recognizer
 
 SPAWN = mp.get_context("spawn")
@@ -105,11 +106,12 @@ def snapshot(index_dir: Path) -> dict[str, bytes]:
 
 
 def refused(call, body: object, status: int) -> str:
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(RequestRefused) as info:
         call(body)
-    assert info.value.status == status, info.value.message
-    assert "\n" not in info.value.message
-    return info.value.message
+    message = str(info.value)
+    assert status_of(info.value) == status, message
+    assert "\n" not in message
+    return message
 
 
 # ---- reading -----------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The gallery routes of `vidrec serve`'s HTTP API: what the gallery holds, add images, remove entries.
 
 ``GalleryService`` is called from the HTTP thread(s) of the supervisor, which loads no model. Every method
-returns a JSON-able dict or raises ``ApiError(status, one line)``; changes run one at a time (a lock here,
+returns a JSON-able dict or raises a ``workers.service_errors.RequestRefused`` (one line); changes run one at a time (a lock here,
 and gallery_job's lock file against `vidrec gallery` commands run beside the service).
 
     info()        200 {"index_dir", "version", "entries", "labels": {label: count}}
@@ -46,7 +46,6 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +53,7 @@ from config import ConfigError, VidrecConfig
 from models.errors import GalleryError, ModelError
 from models.gallery import GalleryIndex
 from workers.gallery_job import append_gallery, remove_from_gallery
-from workers.http_api import ApiError
+from workers.service_errors import Conflict, Failed, Invalid, NotFound, TimedOut, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +109,7 @@ class GalleryService:
     def entries(self, *, offset: int = 0, limit: int = MAX_ITEMS) -> dict[str, Any]:
         """Entries by id (``vidrec gallery list``), ``limit`` of them from ``offset``."""
         if offset < 0 or limit < 1 or limit > MAX_ITEMS:
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"offset must be >= 0 and limit 1..{MAX_ITEMS}")
+            raise Invalid(f"offset must be >= 0 and limit 1..{MAX_ITEMS}")
         gallery, index_dir = self._load()
         delimiter = self.cfg.IndexProcess.delimiter
         rows = sorted(gallery.entries())
@@ -140,21 +139,19 @@ class GalleryService:
                 resolved = _confined_image(path_text, root, where)
                 relative = resolved.relative_to(base).as_posix()
                 if relative != relative.strip() or relative.startswith("#") or ip.delimiter in relative:
-                    raise ApiError(
-                        HTTPStatus.BAD_REQUEST,
-                        f"{where} {path_text!r}: a gallery image name may not start or end with a space, start with '#' "
+                    raise Invalid(f"{where} {path_text!r}: a gallery image name may not start or end with a space, start with '#' "
                         f"or contain the data_file delimiter",
                     )
                 key = (relative, label)
                 if key in seen:
-                    raise ApiError(HTTPStatus.BAD_REQUEST, f"{where} {path_text!r}: the same image and label as items[{seen[key]}]")
+                    raise Invalid(f"{where} {path_text!r}: the same image and label as items[{seen[key]}]")
                 seen[key] = n
                 lines.append(f"{relative}{ip.delimiter}{label}")
             gallery = self._load_at(index_dir)
             stored = {_split_line(line, ip.delimiter): i for i, _, line in gallery.entries()}
             for n, key in enumerate(seen):
                 if key in stored:
-                    raise ApiError(HTTPStatus.CONFLICT, f"{key[0]!r} with label {key[1]!r} is already in the gallery (id {stored[key]})")
+                    raise Conflict(f"{key[0]!r} with label {key[1]!r} is already in the gallery (id {stored[key]})")
             result = self._run_append(lines, base)
         log.info("gallery API: added %d entries; version %d, %d entries", result["added"], result["version"], result["entries"])
         return result
@@ -177,12 +174,12 @@ class GalleryService:
                 found = by_value.get(key)
                 if not found:
                     what = "label" if kind == "labels" else "image path"
-                    raise ApiError(HTTPStatus.NOT_FOUND, f"{what} {value!r} is not in the gallery; nothing removed")
+                    raise NotFound(f"{what} {value!r} is not in the gallery; nothing removed")
                 lines.extend(found)
             lines = list(dict.fromkeys(lines))
             for line in lines:
                 if ip.delimiter not in line or line.startswith("#"):
-                    raise ApiError(HTTPStatus.CONFLICT, f"gallery entry {line!r} cannot be named in a data_file; nothing removed")
+                    raise Conflict(f"gallery entry {line!r} cannot be named in a data_file; nothing removed")
             with tempfile.TemporaryDirectory(prefix="vidrec-gallery-api-") as tmp:
                 data_file = Path(tmp) / "remove.txt"
                 data_file.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
@@ -190,9 +187,9 @@ class GalleryService:
                 try:
                     summary = remove_from_gallery(cfg)
                 except GalleryError as exc:
-                    raise ApiError(HTTPStatus.CONFLICT, _request_message(str(exc), data_file, "entry")) from None
+                    raise Conflict(_request_message(str(exc), data_file, "entry")) from None
                 except ConfigError as exc:
-                    raise ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, str(exc)) from None
+                    raise Failed(str(exc)) from None
         log.info("gallery API: removed %d entries; version %d, %d entries", summary.changed, summary.version, summary.entries)
         return {"removed": summary.changed, "version": summary.version, "entries": summary.entries}
 
@@ -200,43 +197,43 @@ class GalleryService:
 
     def _add_items(self, body: Any) -> list[tuple[str, str]]:
         if not isinstance(body, dict):
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"body must be a JSON object, got {type(body).__name__}")
+            raise Invalid(f"body must be a JSON object, got {type(body).__name__}")
         if "items" in body:
             _no_unknown_keys(body, ("items",), "body", hint="items, or path and label")
             items = body["items"]
             if not isinstance(items, list):
-                raise ApiError(HTTPStatus.BAD_REQUEST, f"items must be a list, got {type(items).__name__}")
+                raise Invalid(f"items must be a list, got {type(items).__name__}")
             if not items:
-                raise ApiError(HTTPStatus.BAD_REQUEST, "items is empty")
+                raise Invalid("items is empty")
             if len(items) > self.max_items:
-                raise ApiError(HTTPStatus.BAD_REQUEST, f"items has {len(items)} entries; at most {self.max_items} per request")
+                raise Invalid(f"items has {len(items)} entries; at most {self.max_items} per request")
             return [_item(item, f"items[{n}]") for n, item in enumerate(items)]
         _no_unknown_keys(body, ("path", "label"), "body", hint="items, or path and label")
         return [_item(body, "")]
 
     def _remove_selection(self, body: Any) -> tuple[str, list[str]]:
         if not isinstance(body, dict):
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"body must be a JSON object, got {type(body).__name__}")
+            raise Invalid(f"body must be a JSON object, got {type(body).__name__}")
         _no_unknown_keys(body, ("labels", "paths"), "body", hint="labels or paths")
         given = [key for key in ("labels", "paths") if key in body]
         if len(given) != 1:
-            raise ApiError(HTTPStatus.BAD_REQUEST, "body needs exactly one of labels, paths")
+            raise Invalid("body needs exactly one of labels, paths")
         kind = given[0]
         values = body[kind]
         if not isinstance(values, list):
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"{kind} must be a list of strings, got {type(values).__name__}")
+            raise Invalid(f"{kind} must be a list of strings, got {type(values).__name__}")
         if not values:
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"{kind} is empty")
+            raise Invalid(f"{kind} is empty")
         if len(values) > self.max_items:
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"{kind} has {len(values)} entries; at most {self.max_items} per request")
+            raise Invalid(f"{kind} has {len(values)} entries; at most {self.max_items} per request")
         out = []
         for n, value in enumerate(values):
             where = f"{kind}[{n}]"
             if not isinstance(value, str):
-                raise ApiError(HTTPStatus.BAD_REQUEST, f"{where} must be a string, got {type(value).__name__}")
+                raise Invalid(f"{where} must be a string, got {type(value).__name__}")
             value = value.strip()
             if not value or _CONTROL.search(value):
-                raise ApiError(HTTPStatus.BAD_REQUEST, f"{where} must be non-empty, without TAB, newline or control characters")
+                raise Invalid(f"{where} must be non-empty, without TAB, newline or control characters")
             out.append(value)
         return kind, out
 
@@ -245,7 +242,7 @@ class GalleryService:
     def _index_dir(self) -> Path:
         index_dir = self.cfg.IndexProcess.index_dir
         if index_dir is None:
-            raise ApiError(HTTPStatus.NOT_FOUND, "no gallery configured (IndexProcess.index_dir is not set)")
+            raise NotFound("no gallery configured (IndexProcess.index_dir is not set)")
         return Path(index_dir)
 
     def _load(self) -> tuple[GalleryIndex, Path]:
@@ -254,11 +251,11 @@ class GalleryService:
 
     def _load_at(self, index_dir: Path) -> GalleryIndex:
         if not index_dir.exists():
-            raise ApiError(HTTPStatus.NOT_FOUND, f"no gallery at {index_dir} yet (make one with `vidrec gallery build`)")
+            raise NotFound(f"no gallery at {index_dir} yet (make one with `vidrec gallery build`)")
         try:
             return GalleryIndex.load(index_dir, delimiter=self.cfg.IndexProcess.delimiter)
         except GalleryError as exc:
-            raise ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, str(exc)) from None
+            raise Failed(str(exc)) from None
 
     def _roots(self) -> tuple[Path, Path]:
         """(base the stored paths are relative to, the allowed root), both resolved."""
@@ -270,7 +267,7 @@ class GalleryService:
         except (OSError, RuntimeError):
             root = None
         if root is None or not root.is_dir():
-            raise ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, f"{setting} {svc_root if svc_root is not None else image_root} is not a directory")
+            raise Failed(f"{setting} {svc_root if svc_root is not None else image_root} is not a directory")
         try:
             base = Path(image_root).resolve(strict=True)
         except (OSError, RuntimeError):
@@ -279,7 +276,7 @@ class GalleryService:
 
     def _change(self) -> "_Held":
         if not self._lock.acquire(timeout=self.busy_wait_s):
-            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "another gallery change is in progress; try again")
+            raise Unavailable("another gallery change is in progress; try again")
         return _Held(self._lock)
 
     def _job_config(self, data_file: Path, image_root: Path) -> VidrecConfig:
@@ -308,14 +305,10 @@ class GalleryService:
                 receiver.close()
                 _reap(process, stop=answer in (None, "timeout"))
             if answer is None:
-                raise ApiError(
-                    HTTPStatus.INTERNAL_SERVER_ERROR,
-                    f"gallery append process exited with code {process.exitcode} without an answer",
+                raise Failed(f"gallery append process exited with code {process.exitcode} without an answer",
                 )
             if answer == "timeout":
-                raise ApiError(
-                    HTTPStatus.GATEWAY_TIMEOUT,
-                    f"gallery append did not finish within {self.timeout_s:g} s and was stopped; the gallery keeps its "
+                raise TimedOut(f"gallery append did not finish within {self.timeout_s:g} s and was stopped; the gallery keeps its "
                     f"version unless the save was already under way (see the gallery's version)",
                 )
             kind, payload = answer
@@ -323,8 +316,7 @@ class GalleryService:
                 return payload
             # Name the request's items and the images as the client named them, not the server's folders.
             message = _request_message(payload, data_file, "items").replace(f"{base}{os.sep}", "")
-            status = HTTPStatus.BAD_REQUEST if kind == "GalleryError" else HTTPStatus.INTERNAL_SERVER_ERROR
-            raise ApiError(status, message)
+            raise (Invalid if kind == "GalleryError" else Failed)(message)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -396,28 +388,28 @@ def _no_unknown_keys(body: dict[str, Any], allowed: tuple[str, ...], where: str,
     unknown = [key for key in body if key not in allowed]
     if unknown:
         prefix = "" if where == "body" else f"{where}: "
-        raise ApiError(HTTPStatus.BAD_REQUEST, f"{prefix}unknown key {unknown[0]!r} (allowed: {hint})")
+        raise Invalid(f"{prefix}unknown key {unknown[0]!r} (allowed: {hint})")
 
 
 def _item(item: Any, where: str) -> tuple[str, str]:
     """(path text, stripped label) of one {"path", "label"} item."""
     if not isinstance(item, dict):
-        raise ApiError(HTTPStatus.BAD_REQUEST, f"{where} must be an object with path and label, got {type(item).__name__}")
+        raise Invalid(f"{where} must be an object with path and label, got {type(item).__name__}")
     if where:
         _no_unknown_keys(item, ("path", "label"), where, hint="path, label")
     dot = f"{where}." if where else ""
     for key in ("path", "label"):
         if key not in item:
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"missing key {dot}{key}")
+            raise Invalid(f"missing key {dot}{key}")
         if not isinstance(item[key], str):
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"{dot}{key} must be a string, got {type(item[key]).__name__}")
+            raise Invalid(f"{dot}{key} must be a string, got {type(item[key]).__name__}")
     path, label = item["path"], item["label"].strip()
     if not path.strip() or len(path) > MAX_PATH_CHARS or _CONTROL.search(path):
-        raise ApiError(HTTPStatus.BAD_REQUEST, f"{dot}path must be non-empty, at most {MAX_PATH_CHARS} characters, without TAB, newline or control characters")
+        raise Invalid(f"{dot}path must be non-empty, at most {MAX_PATH_CHARS} characters, without TAB, newline or control characters")
     if not label:
-        raise ApiError(HTTPStatus.BAD_REQUEST, f"{dot}label is empty")
+        raise Invalid(f"{dot}label is empty")
     if len(label) > MAX_LABEL_CHARS or _CONTROL.search(label):
-        raise ApiError(HTTPStatus.BAD_REQUEST, f"{dot}label must be at most {MAX_LABEL_CHARS} characters, without TAB, newline or control characters")
+        raise Invalid(f"{dot}label must be at most {MAX_LABEL_CHARS} characters, without TAB, newline or control characters")
     return path, label
 
 
@@ -429,22 +421,22 @@ def _confined_image(path_text: str, root: Path, where: str) -> Path:
         # Not strict: where the file is missing, an outside path must still read "outside", never "missing".
         resolved = candidate.resolve(strict=False)
     except (OSError, RuntimeError):
-        raise ApiError(HTTPStatus.BAD_REQUEST, f"{where} {path_text!r}: cannot be resolved (a symlink loop?)") from None
+        raise Invalid(f"{where} {path_text!r}: cannot be resolved (a symlink loop?)") from None
     if not resolved.is_relative_to(root):
-        raise ApiError(HTTPStatus.BAD_REQUEST, f"{where} {path_text!r} is outside the gallery image root")
+        raise Invalid(f"{where} {path_text!r} is outside the gallery image root")
     try:
         info = os.stat(resolved)
     except OSError:
-        raise ApiError(HTTPStatus.BAD_REQUEST, f"{where} {path_text!r}: no such file under the gallery image root") from None
+        raise Invalid(f"{where} {path_text!r}: no such file under the gallery image root") from None
     if not stat.S_ISREG(info.st_mode):
-        raise ApiError(HTTPStatus.BAD_REQUEST, f"{where} {path_text!r} is not a regular file")
+        raise Invalid(f"{where} {path_text!r} is not a regular file")
     try:
         with open(resolved, "rb") as handle:
             head = handle.read(16)
     except OSError as exc:
-        raise ApiError(HTTPStatus.BAD_REQUEST, f"{where} {path_text!r}: cannot read ({exc.strerror or exc})") from None
+        raise Invalid(f"{where} {path_text!r}: cannot read ({exc.strerror or exc})") from None
     if not any(head[offset : offset + len(magic)] == magic for offset, magic in _SIGNATURES) and not _is_webp(head):
-        raise ApiError(HTTPStatus.BAD_REQUEST, f"{where} {path_text!r} is not an image (JPEG, PNG, BMP, WebP, TIFF, JPEG 2000 or PNM)")
+        raise Invalid(f"{where} {path_text!r} is not an image (JPEG, PNG, BMP, WebP, TIFF, JPEG 2000 or PNM)")
     return resolved
 
 

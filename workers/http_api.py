@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from workers.service_errors import Conflict, Failed, Invalid, NotFound, RequestRefused, TimedOut, Unavailable
+
 if TYPE_CHECKING:
     from workers.overlay_events import ResultFollower
     from workers.snapshots import Snapshot
@@ -51,6 +53,20 @@ OVERLAY_DIR = Path(__file__).resolve().parent / "overlay"
 _STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".css": "text/css; charset=utf-8"}
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+_REFUSAL_STATUS: dict[type[RequestRefused], HTTPStatus] = {
+    Invalid: HTTPStatus.BAD_REQUEST, NotFound: HTTPStatus.NOT_FOUND, Conflict: HTTPStatus.CONFLICT,
+    Unavailable: HTTPStatus.SERVICE_UNAVAILABLE, Failed: HTTPStatus.INTERNAL_SERVER_ERROR,
+    TimedOut: HTTPStatus.GATEWAY_TIMEOUT,
+}
+
+
+def status_of(exc: Exception) -> int:
+    """The status code of a refusal: the HTTP layer's own ``ApiError`` carries one, the service's kinds map."""
+    if isinstance(exc, ApiError):
+        return exc.status
+    return _REFUSAL_STATUS.get(type(exc), HTTPStatus.BAD_REQUEST)
 
 
 class ApiError(Exception):
@@ -65,7 +81,7 @@ class ApiError(Exception):
 class StreamService(Protocol):
     """What the API needs from the supervisor (every method thread-safe; raise ApiError to refuse)."""
 
-    def health(self) -> tuple[int, dict[str, Any]]: ...
+    def health(self) -> dict[str, Any]: ...
 
     def list_streams(self) -> list[dict[str, Any]]: ...
 
@@ -243,8 +259,8 @@ class _Handler(BaseHTTPRequestHandler):
             if self._route_raw(method):
                 return
             status, body = self._route(method)
-        except ApiError as exc:
-            status, body = exc.status, {"error": exc.message}
+        except (ApiError, RequestRefused) as exc:
+            status, body = status_of(exc), {"error": str(exc)}
             if not self._body_read and self.headers.get("Content-Length", "0").strip() not in ("", "0"):
                 self.close_connection = True  # a refused request's body is left unread: end the connection
         except Exception as exc:  # noqa: BLE001 - a bug answers 500 and is logged, the server stays up
@@ -307,7 +323,8 @@ class _Handler(BaseHTTPRequestHandler):
         api = self.api
         if parts == ["healthz"]:
             self._allow(method, "GET")
-            return api.service.health()
+            body = api.service.health()
+            return (HTTPStatus.OK if body["status"] == "ok" else HTTPStatus.SERVICE_UNAVAILABLE), body
         if method == "GET":
             self._read_allowed(query)
         if parts == ["recognitions"]:
@@ -375,7 +392,7 @@ class _Handler(BaseHTTPRequestHandler):
                     continue
                 try:
                     view = api.service.get_stream(stream_id)
-                except ApiError:
+                except NotFound:
                     send("state", json.dumps({"state": "removed", "reason": "the stream was removed", "latency_ms": {}}))
                     return
                 send("state", json.dumps({"state": view["state"], "reason": view["reason"],

@@ -50,7 +50,7 @@ from stream.clockcode import decode_clock
 from stream.errors import SinkError, SourceError
 from stream.sinks.async_sink import AsyncSink
 from stream.sinks.kafka import KafkaSink
-from stream.sinks.spool import Spool
+from stream.sinks.spool import Spool, spool_dir, spool_dirs_of_run
 from stream.sinks.spooled import SpooledSink
 from stream.transport import EndOfStream, FrameConsumer, FrameLease, ProducerDiedError, StreamCounters
 from workers.batcher import Batcher
@@ -283,9 +283,9 @@ class InferenceWorker:
             k = cfg.Kafka
             directory, adopt = None, []
             if k.spool_max_bytes > 0:
-                directory = spool_dir(k, self.result_run_id)
+                directory = spool_dir(spool_base(k), self.result_run_id)
                 # A restarted worker takes over what its dead predecessors had spooled on disk.
-                adopt = [d for d in spool_dirs_of_run(k, self.settings.run_id) if d != directory]
+                adopt = [d for d in spool_dirs_of_run(spool_base(k), self.settings.run_id) if d != directory]
             segment = max(64 * 1024, min(4 * 1024 * 1024, k.spool_max_bytes // 4))
             spool = Spool(k.spool_memory_results, directory, disk_max_bytes=k.spool_max_bytes, segment_bytes=segment,
                           adopt=adopt)
@@ -574,24 +574,9 @@ class InferenceWorker:
             self._status.put(self._stats())
 
 
-def spool_dir(kafka: Any, run_label: str) -> Path:
-    """Where the inference worker of ``run_label`` (``<run>`` or ``<run>.<n>``) spools Kafka results on disk."""
-    base = Path(kafka.spool_dir) if kafka.spool_dir else Path(tempfile.gettempdir())
-    return base / f"vidrec-spool-{run_label}-kafka"
-
-
-def spool_dirs_of_run(kafka: Any, run_id: str) -> list[Path]:
-    """Every worker incarnation's spool folder of a run, oldest first."""
-    base = spool_dir(kafka, run_id).parent
-    found = [d for d in base.glob(f"vidrec-spool-{run_id}*-kafka") if d.is_dir()]
-
-    def incarnation(path: Path) -> int:
-        label = path.name[len("vidrec-spool-"):-len("-kafka")]
-        tail = label[len(run_id):].lstrip(".")
-        return int(tail) if tail.isdigit() else 0
-
-    return sorted((d for d in found if d.name[len("vidrec-spool-"):-len("-kafka")].split(".")[0] == run_id),
-                  key=incarnation)
+def spool_base(kafka: Any) -> Path:
+    """The folder under which Kafka spool folders go: ``Kafka.spool_dir``, or the system's temp dir."""
+    return Path(kafka.spool_dir) if kafka.spool_dir else Path(tempfile.gettempdir())
 
 
 def _sink_name(sink: Any) -> str:

@@ -42,7 +42,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait as wait_for_connections
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Callable
 
@@ -51,7 +50,8 @@ from pydantic import ValidationError
 from config import VidrecConfig
 from config.schema import StreamSpec
 from stream.errors import SinkError
-from workers.http_api import ApiError, ApiServer
+from workers.http_api import ApiServer
+from workers.service_errors import Conflict, Invalid, NotFound, Unavailable
 from workers.inference import (
     Drain,
     InferenceExited,
@@ -391,17 +391,11 @@ class Supervisor:
         if removed:
             log.info("removed %d shared-memory segment(s) left by the workers", len(removed))
         if self.cfg.Kafka.bootstrap and self.cfg.Kafka.spool_max_bytes > 0:
-            from workers.inference import spool_dirs_of_run
+            from stream.sinks.spool import discard_spool_dir, spool_dirs_of_run
+            from workers.inference import spool_base
 
-            for folder in spool_dirs_of_run(self.cfg.Kafka, self.run_id):  # left by a worker that was killed
-                files = list(folder.glob("segment-*.jsonl"))
-                lost = sum(f.read_bytes().count(b"\n") for f in files)
-                for f in files:
-                    f.unlink()
-                try:
-                    folder.rmdir()
-                except OSError:
-                    pass
+            for folder in spool_dirs_of_run(spool_base(self.cfg.Kafka), self.run_id):  # left by a killed worker
+                lost = discard_spool_dir(folder)
                 if lost:
                     log.error("%s: %d spooled result(s) never published (lost)", folder, lost)
 
@@ -663,7 +657,8 @@ class Supervisor:
         entry.ingest_stats = None
 
     # -- the HTTP API's view (thread-safe) ----------------------------------------------------------------------
-    def health(self) -> tuple[int, dict[str, Any]]:
+    def health(self) -> dict[str, Any]:
+        """The service's health; ``status`` is \"ok\" only while serving."""
         with self._lock:
             body = {
                 "status": "ok" if self._phase == "serving" else self._phase,
@@ -677,7 +672,7 @@ class Supervisor:
                 "failure": self._failure,
                 "gallery": self._gallery_health(),
             }
-            return (HTTPStatus.OK if self._phase == "serving" else HTTPStatus.SERVICE_UNAVAILABLE), body
+            return body
 
     def _gallery_health(self) -> dict[str, Any] | None:
         stats = self._stats_now()
@@ -699,7 +694,7 @@ class Supervisor:
         with self._lock:
             entry = self._streams.get(stream_id)
             if entry is None:
-                raise ApiError(HTTPStatus.NOT_FOUND, f"no stream {stream_id!r}")
+                raise NotFound(f"no stream {stream_id!r}")
             return self._view(entry)
 
     def add_stream(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -707,27 +702,27 @@ class Supervisor:
             spec = StreamSpec.model_validate(body)
             plan = plan_from_spec(spec)
         except ValidationError as exc:
-            raise ApiError(HTTPStatus.BAD_REQUEST, spec_error(exc)) from None
+            raise Invalid(spec_error(exc)) from None
         except ValueError as exc:
-            raise ApiError(HTTPStatus.BAD_REQUEST, str(exc)) from None
+            raise Invalid(str(exc)) from None
         with self._lock:
             if self._phase != "serving":
-                raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, f"service is {self._phase}: streams cannot be added now")
+                raise Unavailable(f"service is {self._phase}: streams cannot be added now")
             existing = self._streams.get(plan.id)
             if existing is not None:
                 what = "being removed" if existing.removing else "already present"
-                raise ApiError(HTTPStatus.CONFLICT, f"stream {plan.id!r} is {what}")
+                raise Conflict(f"stream {plan.id!r} is {what}")
             if len(self._streams) >= self.service.max_streams:
-                raise ApiError(HTTPStatus.CONFLICT, f"Service.max_streams={self.service.max_streams} streams already")
+                raise Conflict(f"Service.max_streams={self.service.max_streams} streams already")
             return self._view(self._add(plan))
 
     def remove_stream(self, stream_id: str) -> dict[str, Any]:
         with self._lock:
             entry = self._streams.get(stream_id)
             if entry is None:
-                raise ApiError(HTTPStatus.NOT_FOUND, f"no stream {stream_id!r}")
+                raise NotFound(f"no stream {stream_id!r}")
             if self._phase != "serving":
-                raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, f"service is {self._phase}: streams cannot be removed now")
+                raise Unavailable(f"service is {self._phase}: streams cannot be removed now")
             if not entry.removing:
                 entry.removing = True
                 child = self._ingest[entry.ingest]
@@ -805,14 +800,14 @@ class Supervisor:
         """The newest overlay snapshot of a stream (or of frame ``index``); asks inference for more."""
         with self._lock:
             if stream_id not in self._streams:
-                raise ApiError(HTTPStatus.NOT_FOUND, f"no stream {stream_id!r}")
+                raise NotFound(f"no stream {stream_id!r}")
             until = self.snapshots.watch_due(stream_id)
             if until is not None:
                 self._inference_control(Watch(stream_id, until))
         snap = self.snapshots.get(stream_id, index)
         if snap is None:
             what = "no snapshot yet" if index is None else f"no snapshot of frame {index} (kept: the newest {self.snapshots.keep})"
-            raise ApiError(HTTPStatus.NOT_FOUND, f"stream {stream_id!r}: {what}")
+            raise NotFound(f"stream {stream_id!r}: {what}")
         return snap
 
     def _stats_now(self) -> InferenceStats | None:

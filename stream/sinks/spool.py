@@ -25,6 +25,40 @@ from typing import Iterable
 
 from stream.messages import FrameResult
 
+_SEGMENT_GLOB = "segment-*.jsonl"
+
+
+def spool_dir(base: str | Path, run_label: str) -> Path:
+    """Where the inference worker of ``run_label`` (``<run>`` or ``<run>.<n>``) spools Kafka results."""
+    return Path(base) / f"vidrec-spool-{run_label}-kafka"
+
+
+def spool_dirs_of_run(base: str | Path, run_id: str) -> list[Path]:
+    """Every worker incarnation's spool folder of a run under ``base``, oldest first."""
+
+    def label(path: Path) -> str:
+        return path.name[len("vidrec-spool-"):-len("-kafka")]
+
+    def incarnation(path: Path) -> int:
+        tail = label(path)[len(run_id):].lstrip(".")
+        return int(tail) if tail.isdigit() else 0
+
+    found = [d for d in Path(base).glob(f"vidrec-spool-{run_id}*-kafka") if d.is_dir()]
+    return sorted((d for d in found if label(d).split(".")[0] == run_id), key=incarnation)
+
+
+def discard_spool_dir(directory: Path) -> int:
+    """Delete a spool folder a killed worker left behind; returns how many results its segments held (lost)."""
+    files = list(directory.glob(_SEGMENT_GLOB))
+    lost = sum(f.read_bytes().count(b"\n") for f in files)
+    for f in files:
+        f.unlink()
+    try:
+        directory.rmdir()
+    except OSError:
+        pass
+    return lost
+
 
 @dataclass
 class _Segment:
@@ -57,7 +91,7 @@ class Spool:
         self.dropped: Counter = Counter()  # per stream, since the start
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
-            for stale in self.directory.glob("segment-*.jsonl"):
+            for stale in self.directory.glob(_SEGMENT_GLOB):
                 stale.unlink()
             for old_dir in adopt:
                 self.adopted += self._adopt(Path(old_dir))
@@ -66,7 +100,7 @@ class Spool:
         """Move ``old_dir``'s segments in (oldest first); returns how many results they hold."""
         assert self.directory is not None
         total = 0
-        for path in sorted(old_dir.glob("segment-*.jsonl")):
+        for path in sorted(old_dir.glob(_SEGMENT_GLOB)):
             data = path.read_bytes()
             whole = data[: data.rfind(b"\n") + 1]  # a killed writer may have left half a line
             if not whole:
