@@ -21,7 +21,8 @@
 - ``close()`` returns promptly in every state (bounded joins; a reader blocked inside PyAV is left to finish on
   its own, bounded by PyAV's timeouts).
 
-States: ``starting`` (first connection) → ``live`` (a frame decoded) ⇄ ``stalled`` (no frame for
+States (``StreamState``, stream/states.py; in code ``RUNNING`` is the state whose value is ``live``):
+``starting`` (first connection) → ``live`` (a frame decoded) ⇄ ``stalled`` (no frame for
 ``stall_after_s``) → ``reconnecting`` (connection lost or given up; backing off or connecting again) → ``live``;
 ``failed`` (permanent error; terminal) and ``ended`` (closed, or a finite input such as a file reached its end;
 terminal).
@@ -37,7 +38,6 @@ handy for tests.
 """
 from __future__ import annotations
 
-import enum
 import logging
 import socket
 import threading
@@ -54,6 +54,7 @@ import av.error
 from stream.errors import SourceError
 from stream.frames import Frame
 from stream.sources import _ffmpeg_reason, _to_bgr
+from stream.states import StreamState
 
 log = logging.getLogger(__name__)
 
@@ -86,19 +87,7 @@ _PERMANENT_ERRORS = (
 _UNKNOWN_HOST = {getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA") if hasattr(socket, name)}
 
 
-class SourceState(str, enum.Enum):
-    STARTING = "starting"
-    LIVE = "live"
-    STALLED = "stalled"
-    RECONNECTING = "reconnecting"
-    ENDED = "ended"
-    FAILED = "failed"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-_FINAL = (SourceState.ENDED, SourceState.FAILED)
+_FINAL = (StreamState.ENDED, StreamState.FAILED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +100,7 @@ class SourceStats:
     the last decoded frame (None before the first); ``reason``: the last fault, one line naming the URL.
     """
 
-    state: SourceState
+    state: StreamState
     frames: int
     dropped: int
     reconnects: int
@@ -150,7 +139,7 @@ class LiveOptions:
             raise ValueError(f"LiveOptions.max_pending must be >= 1, got {self.max_pending}")
 
 
-StateCallback = Callable[["LiveSource", SourceState, SourceState, "str | None"], None]
+StateCallback = Callable[["LiveSource", StreamState, StreamState, "str | None"], None]
 
 
 class _Abandoned(Exception):
@@ -235,7 +224,7 @@ class LiveSource:
         self._notify_lock = threading.RLock()  # state changes and their callbacks, in order
         self._stop = threading.Event()
         self._pending: deque[Frame] = deque()
-        self._state = SourceState.STARTING
+        self._state = StreamState.STARTING
         self._reason: str | None = None
         self._frames = self._dropped = self._reconnects = self._decode_errors = 0
         self._last_frame: float | None = None  # monotonic
@@ -251,7 +240,7 @@ class LiveSource:
 
     # ------------------------------------------------------------------------------------ public API -----
     @property
-    def state(self) -> SourceState:
+    def state(self) -> StreamState:
         return self._state
 
     def stats(self) -> SourceStats:
@@ -289,7 +278,7 @@ class LiveSource:
             self._ready.wait_for(lambda: self._pending or self._state in _FINAL or self._stop.is_set(), timeout_s)
             if self._pending:
                 return self._pending.popleft()
-            if self._state is SourceState.FAILED:
+            if self._state is StreamState.FAILED:
                 raise SourceError(self._reason or f"{redact(self.url)}: failed")
             return None
 
@@ -307,7 +296,7 @@ class LiveSource:
         with self._ready:
             self._pending.clear()
             self._ready.notify_all()
-        self._set_state(SourceState.ENDED, None)
+        self._set_state(StreamState.ENDED, None)
         deadline = time.monotonic() + join_timeout_s
         for thread in (self._watchdog, self._reader):
             if thread is not None and thread is not threading.current_thread():
@@ -328,7 +317,7 @@ class LiveSource:
     # ------------------------------------------------------------------------------------ state ----------
     def _set_state(
         self,
-        new: SourceState,
+        new: StreamState,
         reason: str | None,
         *,
         generation: int | None = None,
@@ -350,7 +339,7 @@ class LiveSource:
                 self._state = new
                 if new in _FINAL:
                     self._ready.notify_all()
-            if reason is not None and new in (SourceState.RECONNECTING, SourceState.FAILED, SourceState.STALLED):
+            if reason is not None and new in (StreamState.RECONNECTING, StreamState.FAILED, StreamState.STALLED):
                 log.warning("%s: %s -> %s: %s", self.stream_id, old.value, new.value, reason)
             else:
                 log.info("%s: %s -> %s", self.stream_id, old.value, new.value)
@@ -387,17 +376,17 @@ class LiveSource:
                 if not self._current(generation):
                     return
                 if outcome.permanent and not self._ever_live:
-                    self._set_state(SourceState.FAILED, outcome.reason, generation=generation)
+                    self._set_state(StreamState.FAILED, outcome.reason, generation=generation)
                     return
                 if outcome.end_of_input and not self._reconnect_on_end:
-                    self._set_state(SourceState.ENDED, outcome.reason, generation=generation)
+                    self._set_state(StreamState.ENDED, outcome.reason, generation=generation)
                     return
                 with self._lock:
                     if outcome.had_frames:
                         self._backoff = self.options.backoff_initial_s
                     delay = self._backoff
                     self._backoff = min(self._backoff * 2.0, self.options.backoff_max_s)
-                if not self._set_state(SourceState.RECONNECTING, outcome.reason, generation=generation):
+                if not self._set_state(StreamState.RECONNECTING, outcome.reason, generation=generation):
                     log.info("%s: %s; retrying in %.1fs", self.stream_id, outcome.reason, delay)
                 if not self._backoff_wait(generation, delay):
                     return
@@ -524,8 +513,8 @@ class LiveSource:
             self._ready.notify()
             self._ever_live = True
             was = self._state
-        if was is not SourceState.LIVE:
-            self._set_state(SourceState.LIVE, None, generation=generation)
+        if was is not StreamState.RUNNING:
+            self._set_state(StreamState.RUNNING, None, generation=generation)
         return True
 
     # ------------------------------------------------------------------------------------ watchdog -------
@@ -550,12 +539,12 @@ class LiveSource:
             if state in _FINAL:
                 return
             stall_s = self.options.stall_after_s
-            if state is SourceState.LIVE and age is not None and age > stall_s:
+            if state is StreamState.RUNNING and age is not None and age > stall_s:
                 self._set_state(
-                    SourceState.STALLED,
+                    StreamState.STALLED,
                     f"{redact(self.url)}: no frame for {stall_s:g}s (watchdog)",
                     # A frame may have come since the snapshot above.
-                    still=lambda: self._state is SourceState.LIVE and time.monotonic() - self._last_frame > stall_s,
+                    still=lambda: self._state is StreamState.RUNNING and time.monotonic() - self._last_frame > stall_s,
                 )
             limit = self._stuck_after_s(phase)
             if limit is not None and now - progress > limit:
@@ -573,7 +562,7 @@ class LiveSource:
             delay = self._backoff
             self._backoff = min(self._backoff * 2.0, self.options.backoff_max_s)
         reason = f"{redact(self.url)}: reader stuck {phase} for {waited_s:.1f}s; abandoned by the watchdog"
-        self._set_state(SourceState.RECONNECTING, reason)
+        self._set_state(StreamState.RECONNECTING, reason)
         self._reader = self._spawn_reader(new_generation, delay_s=delay)
 
 

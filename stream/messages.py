@@ -10,10 +10,10 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any
 
-SCHEMA_VERSION = 1
+# ``stream_state`` is one of these: the values of ``StreamState`` (stream/states.py).
+from stream.states import STREAM_STATES
 
-# What a live service knows about a stream's health (stream/live.py SourceState values).
-STREAM_STATES: tuple[str, ...] = ("starting", "live", "stalled", "reconnecting", "ended", "failed")
+SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -295,6 +295,22 @@ def make_frame_queue(ctx: Any, *, streams: int, slots: int) -> Any:
     return ctx.Queue(maxsize=streams * (2 * slots + 1))
 
 
+def free_dead_reader(frames_queue: Any) -> bool:
+    """Release the frame queue's reader lock after its only reader (the consumer's process) died; True when
+    the dead reader held it. The consumer waits inside ``get`` almost all the time, so a killed consumer
+    usually dies holding that lock, and the next consumer could never read. A ``multiprocessing.Lock`` is a
+    semaphore, which any process may release; with one reader, a lock taken now can only be the dead one's.
+    Call it only once the reader is known to be dead."""
+    lock = getattr(frames_queue, "_rlock", None)  # multiprocessing.Queue's reader lock (CPython)
+    if lock is None:
+        return False
+    if lock.acquire(False):
+        lock.release()
+        return False
+    lock.release()
+    return True
+
+
 # ------------------------------------------------------------------------------------ shared pieces
 
 

@@ -23,7 +23,7 @@ import pytest
 from stream.clockcode import MIN_WIDTH, clock_rows, decode_clock, encode_clock
 from stream.errors import SourceError
 from stream.frames import Frame
-from stream.live import LiveOptions, LiveSource, SourceState
+from stream.live import LiveOptions, LiveSource, StreamState
 from stream.sources import open_source
 from tests.polling import wait_for
 
@@ -56,17 +56,17 @@ class StateLog:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.changes: list[tuple[SourceState, SourceState, str | None]] = []
+        self.changes: list[tuple[StreamState, StreamState, str | None]] = []
 
-    def __call__(self, source: LiveSource, old: SourceState, new: SourceState, reason: str | None) -> None:
+    def __call__(self, source: LiveSource, old: StreamState, new: StreamState, reason: str | None) -> None:
         with self._lock:
             self.changes.append((old, new, reason))
 
-    def states(self) -> list[SourceState]:
+    def states(self) -> list[StreamState]:
         with self._lock:
             return [new for _, new, _ in self.changes]
 
-    def reason_of(self, state: SourceState) -> str | None:
+    def reason_of(self, state: StreamState) -> str | None:
         with self._lock:
             return next((reason for _, new, reason in self.changes if new is state), None)
 
@@ -202,7 +202,7 @@ def test_clock_stream_rate_and_delay_from_pixels(rtsp_base: str, mount: str) -> 
     with LiveSource(url, options=LiveOptions(max_pending=256)) as source:
         frames = take(source, 45)
     stats = source.stats()
-    assert stats.state is SourceState.ENDED and stats.dropped == 0 and stats.reconnects == 0
+    assert stats.state is StreamState.ENDED and stats.dropped == 0 and stats.reconnects == 0
     assert [f.index for f in frames] == list(range(45))
     assert all(f.stream_id == mount and f.image_bgr.shape == (360, 640, 3) for f in frames)
     assert all(f.decode_ms >= 0 for f in frames)
@@ -251,13 +251,13 @@ def test_server_stop_and_start_reconnects(rtsp_base: str, repo_dir: Path) -> Non
         services(repo_dir, "stop", "rtsp")
         try:
             # Server gone: PyAV's loop ends without an exception; then connections are refused while it is down.
-            wait_for(lambda: source.state is SourceState.RECONNECTING, 15, "reconnecting state after the server stopped")
+            wait_for(lambda: source.state is StreamState.RECONNECTING, 15, "reconnecting state after the server stopped")
             wait_for(lambda: source.stats().reconnects >= 1, 15, "retry while the server is down")
-            assert source.state is SourceState.RECONNECTING
+            assert source.state is StreamState.RECONNECTING
         finally:
             services(repo_dir, "start", "rtsp")
         back_at = time.monotonic()
-        wait_for(lambda: source.state is SourceState.LIVE, 30, "live state after the server came back")
+        wait_for(lambda: source.state is StreamState.RUNNING, 30, "live state after the server came back")
         print(f"\nlive again {time.monotonic() - back_at:.1f}s after `scripts/services start rtsp` returned "
               f"({source.stats().reconnects} reconnect attempts)")
         after = take(source, 5)
@@ -266,10 +266,10 @@ def test_server_stop_and_start_reconnects(rtsp_base: str, repo_dir: Path) -> Non
     assert after[0].index > before[-1].index, "the frame index keeps counting across reconnects"
     assert any(decode_clock(f.image_bgr) is not None for f in after)
     states = log.states()
-    assert states[:2] == [SourceState.LIVE, SourceState.RECONNECTING] or states[:3] == [
-        SourceState.LIVE, SourceState.STALLED, SourceState.RECONNECTING], states
-    assert SourceState.LIVE in states[2:] and states[-1] is SourceState.ENDED, states
-    reason = log.reason_of(SourceState.RECONNECTING)
+    assert states[:2] == [StreamState.RUNNING, StreamState.RECONNECTING] or states[:3] == [
+        StreamState.RUNNING, StreamState.STALLED, StreamState.RECONNECTING], states
+    assert StreamState.RUNNING in states[2:] and states[-1] is StreamState.ENDED, states
+    reason = log.reason_of(StreamState.RECONNECTING)
     assert reason and reason.startswith(f"{rtsp_base}/clock: ") and "\n" not in reason
 
 
@@ -285,15 +285,15 @@ def test_silent_server_is_stalled_then_reconnected(rtsp_base: str, read_timeout_
     options = LiveOptions(stall_after_s=1.0, read_timeout_s=read_timeout_s)
     with LiveSource(f"{rtsp_base}/stall", options=options, on_state=log) as source:
         take(source, 1)
-        wait_for(lambda: SourceState.STALLED in log.states(), 15, "stalled state once /stall went silent")
-        wait_for(lambda: SourceState.RECONNECTING in log.states(), 15, "reconnect of the silent stream")
+        wait_for(lambda: StreamState.STALLED in log.states(), 15, "stalled state once /stall went silent")
+        wait_for(lambda: StreamState.RECONNECTING in log.states(), 15, "reconnect of the silent stream")
         # A fresh /stall session sends again: the source recovers by itself.
-        wait_for(lambda: log.states().count(SourceState.LIVE) >= 2 and source.state is SourceState.LIVE, 30,
+        wait_for(lambda: log.states().count(StreamState.RUNNING) >= 2 and source.state is StreamState.RUNNING, 30,
                  "live state after reconnecting")
     states = log.states()
-    assert states.index(SourceState.STALLED) < states.index(SourceState.RECONNECTING), states
-    assert "(watchdog)" in log.reason_of(SourceState.STALLED)
-    assert reconnect_reason in log.reason_of(SourceState.RECONNECTING)
+    assert states.index(StreamState.STALLED) < states.index(StreamState.RECONNECTING), states
+    assert "(watchdog)" in log.reason_of(StreamState.STALLED)
+    assert reconnect_reason in log.reason_of(StreamState.RECONNECTING)
 
 
 @pytest.mark.parametrize(
@@ -315,8 +315,8 @@ def test_permanent_errors_fail_once_with_one_line(rtsp_base: str, make_url, expe
             for _ in source:
                 pytest.fail("no frame expected")
         stats = source.stats()
-    assert stats.state is SourceState.FAILED and stats.reconnects == 0 and stats.frames == 0
-    assert log.states() == [SourceState.FAILED], "no retry for a permanent error"
+    assert stats.state is StreamState.FAILED and stats.reconnects == 0 and stats.frames == 0
+    assert log.states() == [StreamState.FAILED], "no retry for a permanent error"
     message = str(raised.value)
     assert message == stats.reason and "\n" not in message
     assert message.startswith(f"{url}: ") and expected in message
@@ -342,7 +342,7 @@ def test_refused_connection_is_retried_not_failed() -> None:
     with LiveSource(url, options=options) as source:
         wait_for(lambda: source.stats().reconnects >= 3, 15, "three retries of a refused connection")
     stats = source.stats()
-    assert stats.state is SourceState.ENDED  # closed by us, never failed
+    assert stats.state is StreamState.ENDED  # closed by us, never failed
     assert stats.reason == f"{url}: cannot open: Connection refused"
 
 
@@ -355,9 +355,9 @@ def test_close_while_connecting_to_a_blackhole() -> None:
         url = f"rtsp://127.0.0.1:{listener.getsockname()[1]}/cam"
         source = LiveSource(url, options=LiveOptions(open_timeout_s=60.0)).start()
         wait_for(lambda: select.select([listener], [], [], 0)[0], 10, "PyAV connecting to the blackhole")
-        assert source.state is SourceState.STARTING
+        assert source.state is StreamState.STARTING
         source.close()
-        assert source.state is SourceState.ENDED
+        assert source.state is StreamState.ENDED
         assert source.read(timeout_s=None) is None  # a finished source never blocks a reader
 
 
@@ -375,7 +375,7 @@ def test_close_wakes_a_consumer_blocked_on_a_silent_stream(rtsp_base: str) -> No
     source.close()
     consumer.join(10)
     assert not consumer.is_alive(), "iteration must end when the source is closed"
-    assert source.state is SourceState.ENDED
+    assert source.state is StreamState.ENDED
 
 
 def test_file_path_decodes_to_the_end_and_ends(bikes_mp4: Path) -> None:
@@ -385,7 +385,7 @@ def test_file_path_decodes_to_the_end_and_ends(bikes_mp4: Path) -> None:
         stats = source.stats()
     assert [f.index for f in frames] == list(range(250)) and stats.dropped == 0
     assert frames[0].stream_id == "bikes" and frames[0].image_bgr.shape == (272, 640, 3)
-    assert log.states() == [SourceState.LIVE, SourceState.ENDED]
+    assert log.states() == [StreamState.RUNNING, StreamState.ENDED]
     assert stats.reason == f"{bikes_mp4}: end of input"
 
 

@@ -23,9 +23,9 @@ batcher, run the batch that is due, release the batch's slots, hand the results 
 - The gallery is reloaded between batches when a new version is saved (``GalleryWatcher``).
 - Model or sink errors are counted and logged once per kind; they never end the process.
 
-Control (from the supervisor): ``StreamAdded`` (the plan: live or file, clock stamp), ``StreamState``,
-``Drain`` (the ingest processes have stopped: process every frame still on the queue, close the sinks,
-report, exit). Reports: ``InferenceReady`` / ``InferenceFatal`` at start, ``InferenceStats`` every
+Control (from the supervisor; messages in workers/messages.py): ``StreamAdded`` (the plan: live or file,
+clock stamp), ``SetStreamState``, ``Drain`` (the ingest processes have stopped: process every frame still on
+the queue, close the sinks, report, exit). Reports: ``InferenceReady`` / ``InferenceFatal`` at start, ``InferenceStats`` every
 ``stats_interval_s``, ``StreamFinished`` when a stream's end-of-stream came and its last frame was handed to the
 sinks, ``InferenceExited`` with the final counters.
 """
@@ -62,8 +62,24 @@ from workers.metrics import (
     WAIT_BUCKETS_S,
     Histogram,
 )
+from stream.states import StreamState
+from workers.counters import Drop
+from workers.messages import (
+    Drain,
+    InferenceExited,
+    InferenceFatal,
+    InferenceReady,
+    InferenceSettings,
+    InferenceStats,
+    SetStreamState,
+    StreamAdded,
+    StreamFinished,
+    StreamInference,
+    Watch,
+)
+from workers.plans import StreamPlan
 from workers.snapshots import SnapshotEncoder
-from workers.ingest import ParentWatch, StreamPlan, detach_queues, setup_child
+from workers.ingest import ParentWatch, detach_queues, setup_child
 from workers.video_job import VideoOutputs, gallery_watcher, open_sinks, to_results
 
 log = logging.getLogger(__name__)
@@ -73,111 +89,6 @@ _LATENCY_WINDOW = 512
 _MAX_LABELS = 10_000  # distinct gallery labels counted one by one; more are counted as "(other)"
 _TOP_LABELS = 100  # labels reported to the supervisor (by count); the rest summed as "(other)"
 OTHER_LABEL = "(other)"
-
-
-# ------------------------------------------------------------------------------------------- messages -----
-@dataclass(frozen=True, slots=True)
-class InferenceSettings:
-    run_id: str
-    max_batch: int
-    max_wait_s: float
-    staleness_s: float
-    live_backlog: int
-    live_max_age_s: float
-    sink_queue_size: int
-    sink_close_timeout_s: float
-    stats_interval_s: float
-    overlay_fps: float = 5.0
-    incarnation: int = 0  # how many times the supervisor started this worker before (results' run_id)
-    overlay_max_width: int = 960
-    overlay_jpeg_quality: int = 75
-
-
-@dataclass(frozen=True, slots=True)
-class StreamAdded:
-    plan: StreamPlan
-
-
-@dataclass(frozen=True, slots=True)
-class StreamState:
-    stream_id: str
-    state: str
-
-
-@dataclass(frozen=True, slots=True)
-class Drain:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Watch:
-    """Someone looks at this stream's overlay: send ``Snapshot``s of its processed frames until ``until``
-    (wall-clock), at most ``fps`` a second."""
-
-    stream_id: str
-    until: float
-
-
-@dataclass(frozen=True, slots=True)
-class InferenceReady:
-    pid: int
-    gallery_version: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class InferenceFatal:
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class StreamInference:
-    """One stream's counters in the inference process. ``taken``: frames claimed from the ring;
-    ``processed``: run through the models and handed to the sinks; the rest were dropped (``dropped_backlog``,
-    ``dropped_too_old``) or failed (``errors``). ``latency_ms``: p50/p99 of ``total`` (and ``e2e`` = camera +
-    total for clock-stamped streams) over recent results; ``last``: the last result's latency_ms."""
-
-    taken: int
-    processed: int
-    dropped_backlog: int
-    dropped_too_old: int
-    errors: int
-    last_index: int  # the highest frame index taken, -1 before the first
-    latency_ms: dict[str, float]
-    last: dict[str, float]
-    ended: bool
-    final_transport: StreamCounters | None
-    detected: int = 0  # boxes in published results
-    recognized: int = 0  # boxes the gallery named
-    e2e_seconds: Histogram | None = None  # capture -> accepted by the first sink
-
-
-@dataclass(frozen=True, slots=True)
-class InferenceStats:
-    streams: dict[str, StreamInference]
-    sinks: list[dict[str, Any]]
-    sink_streams: dict[str, dict[str, dict[str, int]]]  # sink name -> stream -> written/dropped/errors
-    batches: int
-    frames: int
-    gallery_version: int | None
-    gallery_entries: int = 0
-    batch_size: Histogram | None = None
-    batch_wait_seconds: Histogram | None = None
-    inference_seconds: dict[str, Histogram] = field(default_factory=dict)
-    labels: dict[str, dict[str, int]] = field(default_factory=dict)  # label -> stream -> named boxes (top ones)
-    gallery_load_errors: int = 0  # new gallery versions that could not be loaded (the one in use stayed)
-    gallery_error: str | None = None  # why the newest one was refused; None once one loads
-
-
-@dataclass(frozen=True, slots=True)
-class StreamFinished:
-    stream_id: str
-    counters: StreamInference
-
-
-@dataclass(frozen=True, slots=True)
-class InferenceExited:
-    stats: InferenceStats
-    sinks_clean: bool
 
 
 # ------------------------------------------------------------------------------------------- worker -------
@@ -191,7 +102,7 @@ class _Item:
 @dataclass
 class _Stream:
     plan: StreamPlan | None
-    state: str | None = None
+    state: StreamState | None = None
     taken: int = 0
     processed: int = 0
     dropped_backlog: int = 0
@@ -212,7 +123,7 @@ class _Stream:
 
     @property
     def live(self) -> bool:
-        return self.plan is not None and self.plan.kind == "live"
+        return self.plan is not None and self.plan.live
 
     def snapshot(self) -> StreamInference:
         latency: dict[str, float] = {}
@@ -222,8 +133,10 @@ class _Stream:
                 latency[f"{name}_p50"] = round(values[len(values) // 2], 1)
                 latency[f"{name}_p99"] = round(values[min(len(values) - 1, int(len(values) * 0.99))], 1)
         return StreamInference(
-            taken=self.taken, processed=self.processed, dropped_backlog=self.dropped_backlog,
-            dropped_too_old=self.dropped_too_old, errors=self.errors, last_index=self.last_index, latency_ms=latency,
+            taken=self.taken, processed=self.processed,
+            dropped={Drop.BACKLOG.value: self.dropped_backlog, Drop.TOO_OLD.value: self.dropped_too_old,
+                     Drop.INFERENCE_ERROR.value: self.errors},
+            last_index=self.last_index, latency_ms=latency,
             last={k: round(v, 2) for k, v in self.last.items()}, ended=self.ended, final_transport=self.final_transport,
             detected=self.detected, recognized=self.recognized, e2e_seconds=self.e2e_seconds.copy(),
         )
@@ -366,7 +279,7 @@ class InferenceWorker:
                 plan = message.plan
                 info = self.streams.get(plan.id)
                 if info is None:
-                    self.streams[plan.id] = _Stream(plan=plan, state="starting")
+                    self.streams[plan.id] = _Stream(plan=plan, state=StreamState.STARTING)
                 else:
                     # Frames came before the plan did, or the stream id comes back (a restarted ingest process,
                     # removed and added again): its counters go on, as its frame indices do.
@@ -374,8 +287,8 @@ class InferenceWorker:
                     if info.ended:
                         info.ended = False
                         info.final_transport = None
-                        info.state = "starting"
-            elif isinstance(message, StreamState):
+                        info.state = StreamState.STARTING
+            elif isinstance(message, SetStreamState):
                 info = self.streams.get(message.stream_id)
                 if info is not None:
                     info.state = message.state
@@ -425,8 +338,8 @@ class InferenceWorker:
         info = self._stream(sid)
         info.taken += 1
         info.last_index = max(info.last_index, lease.ref.index)
-        if info.state in (None, "starting"):
-            info.state = "live"  # a decoded frame says so, even before the supervisor's word arrives
+        if info.state in (None, StreamState.STARTING):
+            info.state = StreamState.RUNNING  # a decoded frame says so, even before the supervisor's word arrives
         now = time.monotonic()
         backlog = self.settings.live_backlog
         if info.live and self.batcher.pending(sid) >= backlog:
@@ -550,6 +463,8 @@ class InferenceWorker:
                 self._status.put(StreamFinished(sid, info.snapshot()))
 
     def _stats(self) -> InferenceStats:
+        # Sinks first: a result is counted processed (below) before any sink can count it written, so every
+        # stream's published <= processed in one report.
         sink_stats = [sink.stats() for sink in self.sinks]
         return InferenceStats(
             streams={sid: info.snapshot() for sid, info in self.streams.items()},

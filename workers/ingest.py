@@ -10,10 +10,11 @@ only a small ``FrameRef`` goes on the frame queue that the inference process rea
 - File streams (``open_source``, stream/sources.py): the ``file`` policy waits for a free slot, so no frame is
   lost (``every_nth`` samples); at the end the producer puts an ``EndOfStream`` and the stream is ``ended``.
 
-The supervisor talks to the process through a control queue (``AddStream``, ``RemoveStream``, ``StopIngest``)
-and hears back on the shared status queue: every state change at once (``StreamStateChanged``), counters of
-all streams every ``stats_interval_s`` (``IngestStats``), ``StreamRemoved`` once a removed stream's thread has
-finished, and ``IngestExited`` at the end. Signals are left to the supervisor (SIGINT and SIGTERM are
+The supervisor talks to the process through a control queue (``AddStream``, ``RemoveStream``, ``StopIngest``;
+workers/messages.py) and hears back on the process's own report pipe (workers/status_channel.py): every
+state change at once (``StreamStateChanged``), counters of all streams every ``stats_interval_s``
+(``IngestStats``), ``StreamRemoved`` once a removed stream's thread has finished, and ``IngestExited`` at the
+end. Signals are left to the supervisor (SIGINT and SIGTERM are
 ignored here, so a Ctrl-C or a process-group TERM cannot cut a drain short); the process also stops by
 itself when its parent dies.
 
@@ -31,153 +32,29 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from dataclasses import replace
+from typing import Any
 
 from stream.errors import SourceError
-from stream.live import LiveOptions, LiveSource, SourceState, redact
+from stream.live import LiveOptions, LiveSource
 from stream.sources import open_source
+from stream.states import StreamKind, StreamState
 from stream.transport import FrameProducer, StreamCounters, TransportError
+from workers.counters import Drop
+from workers.messages import (
+    AddStream,
+    IngestExited,
+    IngestSettings,
+    IngestStats,
+    RemoveStream,
+    StopIngest,
+    StreamIngest,
+    StreamRemoved,
+    StreamStateChanged,
+)
+from workers.plans import StreamPlan, file_path
 
 log = logging.getLogger(__name__)
-
-Kind = Literal["live", "file"]
-# URL schemes that name a network source (decoded live); anything else is a path.
-LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp"})
-
-
-# Network schemes whose URLs must name a host (udp://, tcp://, srt://, rtp:// may listen on a bare :port).
-_HOST_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "http", "https"})
-
-
-def resolve_kind(url: str, kind: str = "auto") -> Kind:
-    """``live`` for a network URL, ``file`` for a path or file:// URL, unless ``kind`` says which.
-
-    Raises ``ValueError`` (one line naming the URL, password hidden) for what no connection could fix and is
-    known before any: a malformed URL, a port that is not a number in 0-65535, a camera URL without a host,
-    and, with ``kind`` auto, a ``scheme://`` that is neither a camera's nor ``file://`` (``ftp://``, a typo such as
-    ``rtps://``), which would otherwise be taken for a file path that does not exist.
-    """
-    if kind == "file":
-        return "file"
-    try:
-        parts = urlsplit(url)
-    except ValueError as exc:  # an unclosed IPv6 bracket
-        raise ValueError(f"{redact(url)}: not a valid URL ({exc})") from None
-    scheme = parts.scheme.lower()
-    if scheme in LIVE_SCHEMES:
-        try:
-            parts.port  # noqa: B018 - parsing it is the check
-        except ValueError as exc:
-            raise ValueError(f"{redact(url)}: bad port ({exc})") from None
-        if scheme in _HOST_SCHEMES and not parts.hostname:
-            raise ValueError(f"{redact(url)}: no host in the URL")
-        return "live"
-    if kind == "live":
-        return "live"  # whatever FFmpeg makes of it (an unknown protocol fails the stream with one line)
-    if scheme and scheme != "file" and url[len(scheme):].startswith("://"):
-        raise ValueError(f"{redact(url)}: unsupported URL scheme {scheme!r} (cameras: "
-                         f"{', '.join(sorted(LIVE_SCHEMES))}; files: a path or file://)")
-    return "file"
-
-
-def file_path(url: str) -> str:
-    """The path of a file stream (``file://`` stripped)."""
-    parts = urlsplit(url)
-    return parts.path if parts.scheme == "file" else url
-
-
-# ------------------------------------------------------------------------------------------- messages -----
-@dataclass(frozen=True, slots=True)
-class StreamPlan:
-    """What the workers need to know about one stream (picklable)."""
-
-    id: str
-    url: str
-    kind: Kind
-    every_nth: int = 1
-    clock_stamp: bool = False
-
-    @property
-    def display_url(self) -> str:
-        return redact(self.url)
-
-
-@dataclass(frozen=True, slots=True)
-class IngestSettings:
-    run_id: str
-    slots: int
-    max_frame_bytes: int
-    stats_interval_s: float
-    drain_timeout_s: float
-    live: dict[str, float]  # LiveOptions keyword arguments (LiveOptions itself holds an unpicklable mapping)
-
-
-@dataclass(frozen=True, slots=True)
-class AddStream:
-    """Start a stream. ``first_index`` numbers a live stream's frames on from where an earlier instance of the
-    same stream id (a restarted ingest process, a stream removed and added again) stopped, so that its
-    frame_index keeps growing; files always start at 0 (their index is the frame's place in the file)."""
-
-    plan: StreamPlan
-    first_index: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class RemoveStream:
-    stream_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class StopIngest:
-    abort: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class StreamStateChanged:
-    stream_id: str
-    state: str
-    reason: str | None
-    at: float  # wall clock
-
-
-@dataclass(frozen=True, slots=True)
-class StreamCountersSnapshot:
-    """One stream as its ingest thread sees it. ``decoded``: frames the source decoded (live: including
-    those it dropped before the thread took them: ``dropped_source``); ``skipped``: left out by every_nth;
-    ``transport``: the ring's counters (written, taken by inference, dropped by reason)."""
-
-    state: str
-    reason: str | None
-    decoded: int
-    skipped: int
-    dropped_source: int
-    reconnects: int
-    decode_errors: int
-    last_frame_age_s: float | None
-    frame_count: int | None
-    transport: StreamCounters | None
-
-
-@dataclass(frozen=True, slots=True)
-class IngestStats:
-    process: int
-    pid: int
-    streams: dict[str, StreamCountersSnapshot] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class StreamRemoved:
-    stream_id: str
-    final: StreamCountersSnapshot
-
-
-@dataclass(frozen=True, slots=True)
-class IngestExited:
-    process: int
-    streams: dict[str, StreamCountersSnapshot]
-
 
 # ------------------------------------------------------------------------------------------- one stream ---
 class _StreamRunner:
@@ -186,14 +63,14 @@ class _StreamRunner:
     def __init__(self, plan: StreamPlan, settings: IngestSettings, frames_queue: Any, status_queue: Any,
                  first_index: int = 0) -> None:
         self.plan = plan
-        self.first_index = first_index if plan.kind == "live" else 0
+        self.first_index = first_index if plan.live else 0
         self._settings = settings
         self._frames_queue = frames_queue
         self._status = status_queue
         self.stop = threading.Event()  # stop reading; the producer still drains what is written
         self.abort = threading.Event()  # stop at once: a file producer waiting for a slot gives up
         self._lock = threading.Lock()  # producer lifetime vs. counters read by the main thread
-        self._state = "starting"
+        self._state = StreamState.STARTING
         self._reason: str | None = None
         self._decoded = self._skipped = 0
         self._last_frame: float | None = None
@@ -204,24 +81,24 @@ class _StreamRunner:
         self.thread = threading.Thread(target=self._run, name=f"ingest[{plan.id}]", daemon=True)
 
     # -- state -----------------------------------------------------------------------------------------------
-    def _set_state(self, state: str, reason: str | None) -> None:
+    def _set_state(self, state: StreamState, reason: str | None) -> None:
         with self._lock:
             if self._state == state and reason is None:
                 return
-            if self._state in ("ended", "failed"):
+            if self._state.final:
                 return
             old = self._state
             self._state = state
             if reason is not None:
                 self._reason = reason
-        if self.plan.kind == "file":  # LiveSource logs its own changes
+        if not self.plan.live:  # LiveSource logs its own changes
             log.info("%s: %s -> %s%s", self.plan.id, old, state, f" ({reason})" if reason else "")
         self._status.put(StreamStateChanged(self.plan.id, state, reason, time.time()))
 
-    def _on_live_state(self, source: LiveSource, old: SourceState, new: SourceState, reason: str | None) -> None:
-        self._set_state(new.value, reason)
+    def _on_live_state(self, source: LiveSource, old: StreamState, new: StreamState, reason: str | None) -> None:
+        self._set_state(new, reason)
 
-    def snapshot(self) -> StreamCountersSnapshot:
+    def snapshot(self) -> StreamIngest:
         with self._lock:
             source = self._source
             stats = source.stats() if source is not None else None
@@ -235,9 +112,10 @@ class _StreamRunner:
             else:
                 decoded, dropped, reconnects, errors = self._decoded, 0, 0, 0
                 age = None if self._last_frame is None else time.monotonic() - self._last_frame
-            return StreamCountersSnapshot(
-                state=self._state, reason=self._reason, decoded=decoded, skipped=self._skipped,
-                dropped_source=dropped, reconnects=reconnects, decode_errors=errors, last_frame_age_s=age,
+            return StreamIngest(
+                state=self._state, reason=self._reason, decoded=decoded,
+                dropped={Drop.EVERY_NTH.value: self._skipped, Drop.SOURCE.value: dropped},
+                reconnects=reconnects, decode_errors=errors, last_frame_age_s=age,
                 frame_count=self._frame_count, transport=transport,
             )
 
@@ -246,27 +124,27 @@ class _StreamRunner:
         plan, settings = self.plan, self._settings
         try:
             producer = FrameProducer(
-                self._frames_queue, run_id=settings.run_id, stream_id=plan.id, policy=plan.kind,
+                self._frames_queue, run_id=settings.run_id, stream_id=plan.id, policy=plan.kind.value,
                 slots=settings.slots, max_frame_bytes=settings.max_frame_bytes, stop_event=self.abort,
-                drain_timeout_s=settings.drain_timeout_s if plan.kind == "file" else min(1.0, settings.drain_timeout_s),
+                drain_timeout_s=min(1.0, settings.drain_timeout_s) if plan.live else settings.drain_timeout_s,
             )
         except TransportError as exc:
-            self._set_state("failed", f"{plan.id}: {exc}")
+            self._set_state(StreamState.FAILED, f"{plan.id}: {exc}")
             return
         with self._lock:
             self._producer = producer
         try:
-            if plan.kind == "live":
+            if plan.live:
                 self._run_live(producer)
             else:
                 self._run_file(producer)
         except SourceError as exc:
-            self._set_state("failed", str(exc))
+            self._set_state(StreamState.FAILED, str(exc))
         except TransportError as exc:
-            self._set_state("failed", f"{plan.id}: {exc}")
+            self._set_state(StreamState.FAILED, f"{plan.id}: {exc}")
         except Exception as exc:  # noqa: BLE001 - a bug in one stream must not take the others down
             log.exception("%s: ingest thread failed", plan.id)
-            self._set_state("failed", f"{plan.id}: internal error: {type(exc).__name__}: {exc}")
+            self._set_state(StreamState.FAILED, f"{plan.id}: internal error: {type(exc).__name__}: {exc}")
         finally:
             try:  # with ``abort`` set (the producer's stop_event) this does not wait on inference
                 producer.close()
@@ -275,8 +153,8 @@ class _StreamRunner:
             with self._lock:
                 self._final_transport = producer.counters
                 self._producer = None
-            if self._state not in ("ended", "failed"):
-                self._set_state("ended", None)
+            if not self._state.final:
+                self._set_state(StreamState.ENDED, None)
 
     def _run_live(self, producer: FrameProducer) -> None:
         plan = self.plan
@@ -291,7 +169,7 @@ class _StreamRunner:
             while not self.stop.is_set():
                 frame = source.read(timeout_s=0.1)  # raises SourceError once the source failed
                 if frame is None:
-                    if source.state in (SourceState.ENDED, SourceState.FAILED):
+                    if source.state.final:
                         return
                     producer.pump()
                     continue
@@ -313,11 +191,11 @@ class _StreamRunner:
                     return
                 self._decoded += 1
                 self._last_frame = time.monotonic()
-                if self._state == "starting":
-                    self._set_state("live", None)
+                if self._state is StreamState.STARTING:
+                    self._set_state(StreamState.RUNNING, None)
                 if not producer.send(frame):
                     return  # aborted
-        self._set_state("ended", f"{plan.display_url}: end of file")
+        self._set_state(StreamState.ENDED, f"{plan.display_url}: end of file")
 
 
 # ------------------------------------------------------------------------------------------- process ------
@@ -392,7 +270,7 @@ def ingest_main(
                 runner.stop.set()
                 removing.add(message.stream_id)
             else:
-                status_queue.put(StreamRemoved(message.stream_id, _empty_snapshot()))
+                status_queue.put(StreamRemoved(message.stream_id, StreamIngest.empty()))
         elif isinstance(message, StopIngest):
             stopping = message
         elif message is not None:
@@ -428,6 +306,3 @@ def ingest_main(
     status_queue.put(IngestExited(index, {sid: r.snapshot() for sid, r in runners.items() if sid not in removing}))
     log.debug("exiting")
 
-
-def _empty_snapshot() -> StreamCountersSnapshot:
-    return StreamCountersSnapshot("ended", None, 0, 0, 0, 0, 0, None, None, None)

@@ -4,7 +4,7 @@ The workers never talk to Prometheus. The inference process keeps cumulative his
 plain data, so they travel in its stats messages) and the ingest processes keep counters; both report every
 ``Service.stats_interval_s``. The supervisor's ``ServiceCollector`` turns the newest reports into metric
 families at scrape time: one registry, in one process, whatever the number of workers; a restarted worker's
-earlier counts are kept by the supervisor (its ``_past`` totals), so counters never go backwards.
+earlier counts are kept by the supervisor (workers/run_totals.py), so counters never go backwards.
 """
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from stream.messages import STREAM_STATES
+from stream.states import STREAM_STATES
+from workers.counters import DROP_REASONS
 
 # Bucket bounds (upper, inclusive), chosen around what this service does: a frame's way through takes
 # 0.1–0.7 s on CPU; a batch waits up to max_batch_wait_ms (10 ms) unless frames are late.
@@ -26,7 +27,6 @@ WAIT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 INFERENCE_BUCKETS_S = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 MODELS = ("detector", "recognizer", "search")
-DROP_REASONS = ("every_nth", "source", "overwritten", "ring_in_use", "closed", "backlog", "too_old", "inference_error")
 
 
 @dataclass
@@ -99,7 +99,7 @@ class StreamMetrics:
     last_frame_age_s: float | None
     decoded: int
     processed: int
-    dropped: dict[str, int]  # DROP_REASONS -> count
+    dropped: dict[str, int]  # DROP_REASONS (workers/counters.py) -> count
     reconnects: int
     decode_errors: int
     detected: int

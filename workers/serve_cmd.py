@@ -21,7 +21,7 @@ from config import ConfigError, VidrecConfig, load_config
 from config.schema import StreamSpec
 
 if TYPE_CHECKING:  # the workers (PyAV, models, clients) load only when the command runs
-    from workers.ingest import StreamPlan
+    from workers.plans import StreamPlan
 
 log = logging.getLogger("vidrec")
 
@@ -54,7 +54,7 @@ def parse_http(value: str) -> tuple[str, int]:
 
 
 def parse_stream(value: str) -> StreamSpec:
-    from workers.supervisor import spec_error
+    from workers.plans import spec_error
 
     stream_id, sep, url = value.partition("=")
     if not sep or not stream_id or not url:
@@ -66,7 +66,7 @@ def parse_stream(value: str) -> StreamSpec:
 
 
 def plan_service(args: argparse.Namespace) -> ServePlan:
-    from workers.supervisor import plan_from_spec
+    from workers.plans import plan_from_spec
 
     cfg = load_config(args.config, args.overrides)
     if args.topic and not (args.kafka or cfg.Kafka.bootstrap):
