@@ -1,4 +1,7 @@
-"""Read a PP-ShiTu gallery ``data_file``: one ``relative/path<delimiter>label`` line per gallery image.
+"""Gallery items and PP-ShiTu's ``data_file``: one ``relative/path<delimiter>label`` line per gallery image.
+
+A ``GalleryItem`` is one image, its label and its line (the document stored for it); ``line_key`` is what
+identifies an entry. ``read_data_file`` turns a data_file into items that remember their line numbers.
 
 PaddleClas asserts "at least two fields" and nothing else (FAQ Q2.5.1); here every malformed line is a
 ``GalleryError`` naming the file and line, so a bad gallery fails before any image is embedded.
@@ -19,13 +22,31 @@ def show_delimiter(delimiter: str) -> str:
 
 
 @dataclass(frozen=True)
-class GalleryEntry:
-    """One gallery image. ``line`` is the stripped original line: PP-ShiTu stores it as the id's document."""
+class GalleryItem:
+    """One gallery image: its file, its label, and ``line``, the ``path<delimiter>label`` text PP-ShiTu stores
+    as the id's document (what ``line_key`` identifies the entry by)."""
 
     path: Path
     label: str
     line: str
+
+
+@dataclass(frozen=True)
+class GalleryEntry(GalleryItem):
+    """A gallery item read from a data_file: ``line`` is the stripped original line, ``line_number`` where it is."""
+
     line_number: int
+
+
+def line_key(line: str, delimiter: str) -> tuple[str, str | None]:
+    """(image path, label) of a stored line, each stripped; (line, None) for a line without the delimiter.
+
+    What identifies a gallery entry, so that "a.jpg<TAB>cat" and "a.jpg<TAB> cat" are the same one.
+    """
+    if delimiter not in line:
+        return line.strip(), None
+    path, label = line.split(delimiter, 1)
+    return path.strip(), label.strip()
 
 
 def read_data_file(

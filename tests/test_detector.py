@@ -9,14 +9,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from models.detector import (
-    PicoDetDetector,
-    anchor_centres,
-    decode_distances,
-    distances_to_xyxy,
-    load_class_names,
-    select_detections,
-)
+from models.detector import PicoDetDetector, load_class_names
+from models.raw_head_decoder import anchor_centres, decode_distances, distances_to_xyxy, select_detections
 from models.errors import ModelError
 from models.nms import box_iou
 from models.types import Detections

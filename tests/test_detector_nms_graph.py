@@ -19,15 +19,8 @@ import pytest
 import yaml
 from onnx import TensorProto, helper
 
-from models.detector import (
-    NMS_IN_GRAPH,
-    RAW_HEADS,
-    PicoDetDetector,
-    anchor_centres,
-    decode_distances,
-    distances_to_xyxy,
-    load_class_names,
-)
+from models.detector import PicoDetDetector, load_class_names
+from models.detector_outputs import NMS_IN_GRAPH, RAW_HEADS
 from models.errors import ModelError
 from models.export.onnx_nms_wrap import (
     BOXES_OUTPUT,
@@ -39,6 +32,7 @@ from models.export.onnx_nms_wrap import (
 )
 from models.nms import batched_nms, box_iou
 from models.preprocess_det import load_infer_cfg, preprocess_with_cfg
+from models.raw_head_decoder import anchor_centres, decode_distances, distances_to_xyxy
 from models.runtime import RuntimeOptions
 from models.types import Detections
 

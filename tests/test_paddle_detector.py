@@ -112,7 +112,7 @@ def test_export_is_a_paddledetection_inference_folder(paddle_dir: Path, onnx_dir
     assert "nearest_interp" not in (paddle_dir / "model.json").read_text()
     assert paddle_det.input_size == 320 and paddle_det._batched
     assert paddle_det.class_names == cfg["label_list"]
-    assert sorted(set(paddle_det._strides.tolist())) == [8, 16, 32, 64]
+    assert paddle_det.decoder.level_strides == [8, 16, 32, 64]
 
 
 @pytest.mark.parametrize("photo", PHOTOS)

@@ -2,7 +2,7 @@
 
 ``GalleryService`` is called from the HTTP thread(s) of the supervisor, which loads no model. Every method
 returns a JSON-able dict or raises a ``workers.service_errors.RequestRefused`` (one line); changes run one at a time (a lock here,
-and gallery_job's lock file against `vidrec gallery` commands run beside the service).
+and the gallery's lock file against `vidrec gallery` commands run beside the service).
 
     info()        200 {"index_dir", "version", "entries", "labels": {label: count}}
     entries()     200 {"index_dir", "version", "entries": [{"id", "label", "path"}, ...]}  (offset/limit)
@@ -11,17 +11,20 @@ and gallery_job's lock file against `vidrec gallery` commands run beside the ser
     remove(body)  200 {"removed", "version", "entries"}
                   body {"labels": [...]} (every entry with one of these labels) or {"paths": [...]}
 
-``add`` embeds the images with the recognizer, in a child process (the context passed in: the service uses
-'spawn') that runs `vidrec gallery append`'s own code (``append_gallery``) on a data_file written for the
-request, so the new version is saved atomically like any append and the running inference worker's
-GalleryWatcher picks it up. ``remove`` needs no model and runs `vidrec gallery remove`'s code
-(``remove_from_gallery``) here, on a data_file of the selected entries' stored lines.
+The body becomes gallery items (``models/gallery_file.GalleryItem``) handed to the same changes as `vidrec
+gallery` (``models/gallery_changes.py``); an error about item ``i`` comes back as ``items[i]``. ``add`` embeds
+the images with the recognizer in a child process (the context passed in: the service uses 'spawn'), so that
+the supervisor loads no model and a recognizer that crashes or hangs costs a 500 or a 504, never the service;
+the child gets the items pickled and runs ``append_items``, which saves the new version atomically like any
+append, and the running inference worker's GalleryWatcher picks it up. ``remove`` needs no model and runs
+``remove_items`` here, on the selected entries.
 
 Path confinement: an image path is taken relative to the allowed root (``Service.gallery_image_root``, null:
 ``IndexProcess.image_root``) and must still be inside it once symlinks and ``..`` are resolved; an absolute
 path is accepted only when it lies inside the root too. The entry stores the resolved path relative to
 ``IndexProcess.image_root`` when the allowed root is inside it (as `vidrec gallery build` stores data_file
-paths), else relative to the allowed root. Whoever can write into the root is trusted: a file swapped for a
+paths), else relative to the allowed root; the child reads it relative to that base, so a message names the
+image as stored, never the server's folders. Whoever can write into the root is trusted: a file swapped for a
 symlink between the check and the child's read is not caught.
 
 Statuses: 400 a malformed body (unknown key, wrong type, bad path or label, a file that is missing, outside
@@ -33,16 +36,15 @@ the new one).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing as mp
 import os
 import posixpath
 import re
-import shutil
 import signal
 import stat
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -52,7 +54,9 @@ from typing import Any
 from config import ConfigError, VidrecConfig
 from models.errors import GalleryError, ModelError
 from models.gallery import GalleryIndex
-from workers.gallery_job import append_gallery, remove_from_gallery
+from models.gallery_changes import GalleryItemError, GallerySettings, append_items, remove_items, stored_keys
+from models.gallery_file import GalleryItem, line_key
+from workers.gallery_job import gallery_settings
 from workers.service_errors import Conflict, Failed, Invalid, NotFound, TimedOut, Unavailable
 
 log = logging.getLogger(__name__)
@@ -118,7 +122,7 @@ class GalleryService:
             "version": gallery.version,
             "total": len(rows),
             "entries": [
-                {"id": i, "label": label, "path": _split_line(line, delimiter)[0]}
+                {"id": i, "label": label, "path": line_key(line, delimiter)[0]}
                 for i, label, line in rows[offset : offset + limit]
             ],
         }
@@ -127,32 +131,33 @@ class GalleryService:
 
     def add(self, body: Any) -> dict[str, Any]:
         """Embed and add images (201). The whole request is checked before anything runs."""
-        items = self._add_items(body)
+        requested = self._add_items(body)
         with self._change():
-            index_dir = self._index_dir()
+            settings = self._settings()
             base, root = self._roots()
-            ip = self.cfg.IndexProcess
-            lines: list[str] = []
-            seen: dict[tuple[str, str], int] = {}
-            for n, (path_text, label) in enumerate(items):
+            delimiter = settings.delimiter
+            items: list[GalleryItem] = []
+            seen: dict[tuple[str, str | None], int] = {}
+            for n, (path_text, label) in enumerate(requested):
                 where = f"items[{n}].path" if isinstance(body, dict) and "items" in body else "path"
                 resolved = _confined_image(path_text, root, where)
                 relative = resolved.relative_to(base).as_posix()
-                if relative != relative.strip() or relative.startswith("#") or ip.delimiter in relative:
+                # The stored line must read back as this (path, label): what `vidrec gallery remove` names it by.
+                if relative != relative.strip() or relative.startswith("#") or delimiter in relative:
                     raise Invalid(f"{where} {path_text!r}: a gallery image name may not start or end with a space, start with '#' "
                         f"or contain the data_file delimiter",
                     )
-                key = (relative, label)
+                item = GalleryItem(path=Path(relative), label=label, line=f"{relative}{delimiter}{label}")
+                key = line_key(item.line, delimiter)
                 if key in seen:
                     raise Invalid(f"{where} {path_text!r}: the same image and label as items[{seen[key]}]")
                 seen[key] = n
-                lines.append(f"{relative}{ip.delimiter}{label}")
-            gallery = self._load_at(index_dir)
-            stored = {_split_line(line, ip.delimiter): i for i, _, line in gallery.entries()}
-            for n, key in enumerate(seen):
+                items.append(item)
+            stored = stored_keys(self._load_at(settings.index_dir), delimiter)
+            for key in seen:
                 if key in stored:
-                    raise Conflict(f"{key[0]!r} with label {key[1]!r} is already in the gallery (id {stored[key]})")
-            result = self._run_append(lines, base)
+                    raise Conflict(f"{key[0]!r} with label {key[1]!r} is already in the gallery (id {stored[key][0]})")
+            result = self._run_append(items, dataclasses.replace(settings, image_root=base))
         log.info("gallery API: added %d entries; version %d, %d entries", result["added"], result["version"], result["entries"])
         return result
 
@@ -160,36 +165,28 @@ class GalleryService:
         """Remove every entry with one of the labels, or one of the image paths (200)."""
         kind, wanted = self._remove_selection(body)
         with self._change():
-            index_dir = self._index_dir()
-            ip = self.cfg.IndexProcess
-            gallery = self._load_at(index_dir)
-            by_value: dict[str, list[str]] = {}
+            settings = self._settings()
+            gallery = self._load_at(settings.index_dir)
+            by_value: dict[str, list[GalleryItem]] = {}
             for _, label, line in gallery.entries():
-                path, _ = _split_line(line, ip.delimiter)
+                path, _ = line_key(line, settings.delimiter)
                 value = label if kind == "labels" else posixpath.normpath(path)
-                by_value.setdefault(value, []).append(line)
-            lines: list[str] = []
+                by_value.setdefault(value, []).append(GalleryItem(path=Path(path), label=label, line=line))
+            items: list[GalleryItem] = []
             for value in wanted:
                 key = value if kind == "labels" else posixpath.normpath(value)
                 found = by_value.get(key)
                 if not found:
                     what = "label" if kind == "labels" else "image path"
                     raise NotFound(f"{what} {value!r} is not in the gallery; nothing removed")
-                lines.extend(found)
-            lines = list(dict.fromkeys(lines))
-            for line in lines:
-                if ip.delimiter not in line or line.startswith("#"):
-                    raise Conflict(f"gallery entry {line!r} cannot be named in a data_file; nothing removed")
-            with tempfile.TemporaryDirectory(prefix="vidrec-gallery-api-") as tmp:
-                data_file = Path(tmp) / "remove.txt"
-                data_file.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-                cfg = self._job_config(data_file, Path(ip.image_root))
-                try:
-                    summary = remove_from_gallery(cfg)
-                except GalleryError as exc:
-                    raise Conflict(_request_message(str(exc), data_file, "entry")) from None
-                except ConfigError as exc:
-                    raise Failed(str(exc)) from None
+                items.extend(found)
+            try:
+                summary = remove_items(list(dict.fromkeys(items)), settings)
+            except GalleryItemError as exc:
+                # Another process (`vidrec gallery remove`) took it meanwhile.
+                raise Conflict(f"entry[{exc.index}]: {exc.reason}") from None
+            except GalleryError as exc:
+                raise Conflict(str(exc)) from None
         log.info("gallery API: removed %d entries; version %d, %d entries", summary.changed, summary.version, summary.entries)
         return {"removed": summary.changed, "version": summary.version, "entries": summary.entries}
 
@@ -279,46 +276,36 @@ class GalleryService:
             raise Unavailable("another gallery change is in progress; try again")
         return _Held(self._lock)
 
-    def _job_config(self, data_file: Path, image_root: Path) -> VidrecConfig:
-        cfg = self.cfg.model_copy(deep=True)
-        cfg.IndexProcess.data_file = str(data_file)
-        cfg.IndexProcess.image_root = str(image_root)
-        return cfg
+    def _settings(self) -> GallerySettings:
+        return gallery_settings(self.cfg, self._index_dir())
 
-    def _run_append(self, lines: list[str], base: Path) -> dict[str, Any]:
-        tmp = tempfile.mkdtemp(prefix="vidrec-gallery-api-")
+    def _run_append(self, items: list[GalleryItem], settings: GallerySettings) -> dict[str, Any]:
+        receiver, sender = self._ctx.Pipe(duplex=False)
+        process = self._ctx.Process(
+            target=append_main, args=(self.cfg, items, settings, sender, logging.getLogger().getEffectiveLevel()),
+            name="vidrec-gallery-append", daemon=True,
+        )
+        process.start()
+        sender.close()  # so that a child that dies without answering reads as EOF here
+        answer: Any = None
         try:
-            data_file = Path(tmp) / "add.txt"
-            data_file.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-            cfg = self._job_config(data_file, base)
-            receiver, sender = self._ctx.Pipe(duplex=False)
-            process = self._ctx.Process(
-                target=append_main, args=(cfg, sender, logging.getLogger().getEffectiveLevel()),
-                name="vidrec-gallery-append", daemon=True,
-            )
-            process.start()
-            sender.close()  # so that a child that dies without answering reads as EOF here
-            answer: Any = None
-            try:
-                answer = _receive(receiver, process, self.timeout_s)
-            finally:
-                receiver.close()
-                _reap(process, stop=answer in (None, "timeout"))
-            if answer is None:
-                raise Failed(f"gallery append process exited with code {process.exitcode} without an answer",
-                )
-            if answer == "timeout":
-                raise TimedOut(f"gallery append did not finish within {self.timeout_s:g} s and was stopped; the gallery keeps its "
-                    f"version unless the save was already under way (see the gallery's version)",
-                )
-            kind, payload = answer
-            if kind == "ok":
-                return payload
-            # Name the request's items and the images as the client named them, not the server's folders.
-            message = _request_message(payload, data_file, "items").replace(f"{base}{os.sep}", "")
-            raise (Invalid if kind == "GalleryError" else Failed)(message)
+            answer = _receive(receiver, process, self.timeout_s)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            receiver.close()
+            _reap(process, stop=answer in (None, "timeout"))
+        if answer is None:
+            raise Failed(f"gallery append process exited with code {process.exitcode} without an answer")
+        if answer == "timeout":
+            raise TimedOut(f"gallery append did not finish within {self.timeout_s:g} s and was stopped; the gallery keeps its "
+                f"version unless the save was already under way (see the gallery's version)",
+            )
+        kind, payload = answer
+        if kind == "ok":
+            return payload
+        if kind == "item":
+            index, reason = payload
+            raise Invalid(_first_line(f"items[{index}]: {reason}"))
+        raise (Invalid if kind == "invalid" else Failed)(_first_line(payload))
 
 
 class _Held:
@@ -335,17 +322,26 @@ class _Held:
 # ---- the append child process ------------------------------------------------------------------------------
 
 
-def append_main(cfg: VidrecConfig, conn: Any, log_level: int = logging.WARNING) -> None:
-    """Entry point of the append child: ``append_gallery`` with the real recognizer; answers on ``conn``."""
+def append_main(cfg: VidrecConfig, items: list[GalleryItem], settings: GallerySettings, conn: Any,
+                log_level: int = logging.WARNING) -> None:
+    """Entry point of the append child: ``append_items`` with the real recognizer; answers on ``conn``.
+
+    Answers: ("ok", the API's body), ("item", (index, reason)) about one item, ("invalid", message) a gallery
+    that refuses the change, ("error", message) anything else.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the service's Ctrl-C is the supervisor's to handle
     logging.basicConfig(level=max(log_level, logging.WARNING), format="vidrec[gallery-append]: %(message)s", stream=sys.stderr, force=True)
     try:
         from workers.system import build_recognizer
 
-        summary = append_gallery(cfg, build_recognizer(cfg))
+        summary = append_items(items, build_recognizer(cfg), settings)
         answer: tuple[str, Any] = ("ok", {"added": summary.changed, "version": summary.version, "entries": summary.entries})
-    except (GalleryError, ConfigError, ModelError) as exc:
-        answer = (type(exc).__name__ if isinstance(exc, GalleryError) else "error", str(exc))
+    except GalleryItemError as exc:
+        answer = ("item", (exc.index, exc.reason))
+    except GalleryError as exc:
+        answer = ("invalid", str(exc))
+    except (ConfigError, ModelError) as exc:
+        answer = ("error", str(exc))
     except Exception as exc:  # noqa: BLE001 - reported to the API as a 500
         logging.getLogger(__name__).exception("gallery append failed")
         answer = ("error", f"gallery append failed: {type(exc).__name__}: {exc}")
@@ -444,15 +440,6 @@ def _is_webp(head: bytes) -> bool:
     return head[:4] == b"RIFF" and head[8:12] == b"WEBP"
 
 
-def _split_line(line: str, delimiter: str) -> tuple[str, str | None]:
-    """(image path, label) of a stored line, each stripped, as gallery_job matches them."""
-    if delimiter not in line:
-        return line.strip(), None
-    path, label = line.split(delimiter, 1)
-    return path.strip(), label.strip()
-
-
-def _request_message(message: str, data_file: Path, what: str) -> str:
-    """A gallery_job message about the request's data_file, with ``file:N:`` turned into ``what[N-1]:``."""
-    message = re.sub(re.escape(str(data_file)) + r":(\d+):", lambda m: f"{what}[{int(m.group(1)) - 1}]:", message)
-    return message.replace(str(data_file), "the request").splitlines()[0] if message else "unknown error"
+def _first_line(message: str) -> str:
+    """A child's message as the one line an API error is."""
+    return message.splitlines()[0] if message.strip() else "unknown error"

@@ -3,36 +3,36 @@
 Keys used: ``data_file``, ``image_root``, ``index_dir``, ``index_method``, ``dist_type``, ``delimiter``,
 ``batch_size`` and ``index_operation`` (``build`` follows it as PaddleClas's build_gallery.py does).
 
-Like build_gallery.py, each gallery image is embedded whole (no detection): gallery images are expected to
-be crops of the object. Unlike it:
-- ``append`` embeds only the data_file's lines and refuses a line already in the index (PaddleClas#2500
-  re-extracts the list and doubles entries);
-- ``remove`` needs no images and works for Flat, IVF and HNSW32 alike (PaddleX#2869), and a line that is not
-  in the index is an error rather than a silent no-op;
-- every change is saved atomically (readers, such as a running ``vidrec video``, see the old directory or
-  the new, never a mix) and adds 1 to the gallery's version; changes to one index_dir are serialised by a
-  lock file ``.<index_dir name>.lock`` beside it.
-Lines are matched as (image path, label), each stripped, so "a.jpg<TAB>cat" and "a.jpg<TAB> cat" are the
-same entry.
+This module turns the data_file into gallery items (``models/gallery_file.py``) and hands them to the changes
+in ``models/gallery_changes.py`` (embed, append, remove, all saved atomically under a lock file); an error
+about an item comes back as ``data_file:line``. Lines are matched as (image path, label), each stripped, so
+"a.jpg<TAB>cat" and "a.jpg<TAB> cat" are the same entry.
 """
 from __future__ import annotations
 
-import fcntl
 import logging
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
-
-import cv2
-import numpy as np
 
 from config import ConfigError, VidrecConfig
 from models.errors import GalleryError
-from models.gallery import GalleryIndex
+from models.gallery_changes import (
+    GalleryItemError,
+    GallerySettings,
+    GallerySummary,
+    append_items,
+    build_from_items,
+    check_embedding_size,
+    first_repeat,
+    load_existing,
+    read_rgb,
+    remove_items,
+)
 from models.gallery_eval import RetrievalReport, evaluate
-from models.gallery_file import GalleryEntry, read_data_file
+from models.gallery_file import GalleryEntry, line_key, read_data_file
 from models.recognizer import Recognizer
 
 log = logging.getLogger(__name__)
@@ -41,29 +41,6 @@ log = logging.getLogger(__name__)
 MAX_RANKED = 1000
 
 EvalReport = RetrievalReport
-
-
-@dataclass(frozen=True)
-class GallerySummary:
-    """What one change did: ``changed`` entries added or removed; ``embedded`` images run through the recognizer."""
-
-    index_dir: Path
-    entries: int
-    labels: int
-    version: int
-    operation: str = "new"
-    changed: int = 0
-    embedded: int = 0
-
-    def describe(self) -> str:
-        verb = {"new": "built", "append": "appended", "remove": "removed"}[self.operation]
-        return (
-            f"gallery {self.index_dir}: {verb} {self.changed} entries; now {self.entries} entries, "
-            f"{self.labels} labels, version {self.version}"
-        )
-
-
-GalleryBuildSummary = GallerySummary
 
 
 @dataclass(frozen=True)
@@ -109,11 +86,7 @@ def build_gallery(cfg: VidrecConfig, recognizer: Recognizer) -> GallerySummary:
 
 
 def new_gallery(cfg: VidrecConfig, recognizer: Recognizer) -> GallerySummary:
-    """Embed every image of the data_file into a new index, replacing what index_dir held.
-
-    The version continues from the replaced gallery's, so a running job that follows versions sees a
-    change rather than an older-looking number.
-    """
+    """Embed every image of the data_file into a new index, replacing what index_dir held (see ``build_from_items``)."""
     ip = cfg.IndexProcess
     data_file, index_dir = _required_paths(cfg, "build")
     if recognizer.embedding_size != ip.embedding_size:
@@ -122,20 +95,12 @@ def new_gallery(cfg: VidrecConfig, recognizer: Recognizer) -> GallerySummary:
             f"{cfg.Global.rec_inference_model_dir} makes {recognizer.embedding_size}-d embeddings"
         )
     entries = read_data_file(data_file, Path(ip.image_root), ip.delimiter)
-    try:
-        _refuse_repeats(entries, data_file, ip.delimiter)
-    except GalleryError as exc:
+    repeat = _repeated_line(entries, data_file, ip.delimiter)
+    if repeat is not None:
         # PaddleClas builds such a file (the image then counts twice); so does vidrec, but says so.
-        log.warning("%s", exc)
-    embeddings = embed_entries(entries, recognizer, data_file=data_file, batch_size=ip.batch_size)
-    with _locked(index_dir):
-        previous = GalleryIndex.stored_version(index_dir)
-        gallery = GalleryIndex.build(
-            embeddings, [e.line for e in entries], [e.label for e in entries],
-            index_method=ip.index_method, dist_type=ip.dist_type, version=(previous or 0) + 1,
-        )
-        gallery.save(index_dir)
-    return _summary(index_dir, gallery, "new", changed=len(entries), embedded=len(entries))
+        log.warning("%s", repeat)
+    with _by_line(data_file, entries):
+        return build_from_items(entries, recognizer, gallery_settings(cfg, index_dir))
 
 
 def append_gallery(cfg: VidrecConfig, recognizer: Recognizer) -> GallerySummary:
@@ -147,23 +112,11 @@ def append_gallery(cfg: VidrecConfig, recognizer: Recognizer) -> GallerySummary:
     ip = cfg.IndexProcess
     data_file, index_dir = _required_paths(cfg, "append")
     entries = read_data_file(data_file, Path(ip.image_root), ip.delimiter)
-    _refuse_repeats(entries, data_file, ip.delimiter)
-    with _locked(index_dir):
-        gallery = _load_existing(index_dir, ip.delimiter)
-        _check_embedding_size(gallery, recognizer, index_dir)
-        _warn_on_settings_not_applied(cfg, gallery, index_dir)
-        stored = _stored_keys(gallery, ip.delimiter)
-        for entry in entries:
-            ids = stored.get(_entry_key(entry, ip.delimiter))
-            if ids:
-                raise GalleryError(
-                    f"{data_file}:{entry.line_number}: duplicate: {entry.line!r} is already in the gallery {index_dir} "
-                    f"(id {ids[0]}); an append data_file lists only the new images"
-                )
-        embeddings = embed_entries(entries, recognizer, data_file=data_file, batch_size=ip.batch_size)
-        gallery.add(embeddings, [e.line for e in entries], [e.label for e in entries])
-        gallery.save(index_dir)
-    return _summary(index_dir, gallery, "append", changed=len(entries), embedded=len(entries))
+    repeat = _repeated_line(entries, data_file, ip.delimiter)
+    if repeat is not None:
+        raise GalleryError(repeat)
+    with _by_line(data_file, entries):
+        return append_items(entries, recognizer, gallery_settings(cfg, index_dir))
 
 
 def remove_from_gallery(cfg: VidrecConfig) -> GallerySummary:
@@ -175,27 +128,17 @@ def remove_from_gallery(cfg: VidrecConfig) -> GallerySummary:
     ip = cfg.IndexProcess
     data_file, index_dir = _required_paths(cfg, "remove")
     entries = read_data_file(data_file, Path(ip.image_root), ip.delimiter, check_images=False)
-    with _locked(index_dir):
-        gallery = _load_existing(index_dir, ip.delimiter)
-        stored = _stored_keys(gallery, ip.delimiter)
-        ids: list[int] = []
-        for entry in entries:
-            found = stored.get(_entry_key(entry, ip.delimiter))
-            if not found:
-                raise GalleryError(f"{data_file}:{entry.line_number}: not in the gallery {index_dir}: {entry.line!r}")
-            ids.extend(found)
-        removed = gallery.remove(ids)
-        gallery.save(index_dir)
-    return _summary(index_dir, gallery, "remove", changed=removed)
+    with _by_line(data_file, entries):
+        return remove_items(entries, gallery_settings(cfg, index_dir))
 
 
 def list_gallery(cfg: VidrecConfig) -> GalleryListing:
     """The entries of ``IndexProcess.index_dir``, by id."""
     ip = cfg.IndexProcess
     index_dir = _required_index_dir(cfg, "list")
-    gallery = _load_existing(index_dir, ip.delimiter)
+    gallery = load_existing(index_dir, ip.delimiter)
     rows = sorted(
-        (GalleryRow(id=i, label=label, path=_key(line, ip.delimiter)[0], line=line) for i, label, line in gallery.entries()),
+        (GalleryRow(id=i, label=label, path=line_key(line, ip.delimiter)[0], line=line) for i, label, line in gallery.entries()),
         key=lambda row: row.id,
     )
     return GalleryListing(index_dir, gallery.version, gallery.index_method, gallery.dist_type, gallery.embedding_size, rows)
@@ -214,8 +157,8 @@ def eval_gallery(
     ip = cfg.IndexProcess
     index_dir = _required_index_dir(cfg, "eval")
     query_file = Path(query_file)
-    gallery = _load_existing(index_dir, ip.delimiter)
-    _check_embedding_size(gallery, recognizer, index_dir)
+    gallery = load_existing(index_dir, ip.delimiter)
+    check_embedding_size(gallery, recognizer, index_dir)
     if gallery.size == 0:
         raise GalleryError(f"{index_dir}: the gallery is empty; nothing to evaluate against")
     queries = read_data_file(query_file, Path(query_root) if query_root is not None else Path(ip.image_root), ip.delimiter)
@@ -226,7 +169,7 @@ def eval_gallery(
     image_root = Path(ip.image_root)
     id_of_path: dict[Path, list[int]] = {}
     for i, _, line in entries:
-        id_of_path.setdefault(_resolved(image_root / _key(line, ip.delimiter)[0]), []).append(i)
+        id_of_path.setdefault(_resolved(image_root / line_key(line, ip.delimiter)[0]), []).append(i)
     own = [set(id_of_path.get(_resolved(q.path), ())) for q in queries]
 
     k = min(gallery.size, MAX_RANKED)
@@ -235,7 +178,8 @@ def eval_gallery(
     top1: list[float] = []
     for start in range(0, len(queries), ip.batch_size):
         chunk = queries[start : start + ip.batch_size]
-        embeddings = recognizer.embed([read_rgb(q, query_file) for q in chunk])
+        with _by_line(query_file, queries):
+            embeddings = recognizer.embed([read_rgb(q, start + k) for k, q in enumerate(chunk)])
         found = gallery.search(embeddings, min(gallery.size, k + extra))
         for row_ids, row_scores, skip in zip(found.ids.tolist(), found.scores.tolist(), own[start : start + len(chunk)]):
             kept = [(i, s) for i, s in zip(row_ids, row_scores) if i not in skip][:k]
@@ -250,25 +194,6 @@ def eval_gallery(
     if report.answerable == 0:
         raise GalleryError(f"{query_file}: none of its {len(queries)} labels is in the gallery {index_dir}; nothing to evaluate")
     return report
-
-
-# ---- embedding ---------------------------------------------------------------------------------------------
-
-
-def read_rgb(entry: GalleryEntry, data_file: Path) -> np.ndarray:
-    image = cv2.imread(str(entry.path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise GalleryError(f"{data_file}:{entry.line_number}: cannot read image {entry.path}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def embed_entries(entries: Sequence[GalleryEntry], recognizer: Recognizer, *, data_file: Path, batch_size: int) -> np.ndarray:
-    """Embed in batches, holding at most ``batch_size`` decoded images in memory."""
-    chunks = []
-    for start in range(0, len(entries), batch_size):
-        images = [read_rgb(e, data_file) for e in entries[start : start + batch_size]]
-        chunks.append(recognizer.embed(images))
-    return np.concatenate(chunks) if chunks else np.zeros((0, recognizer.embedding_size), np.float32)
 
 
 # ---- helpers -----------------------------------------------------------------------------------------------
@@ -287,54 +212,31 @@ def _required_paths(cfg: VidrecConfig, command: str) -> tuple[Path, Path]:
     return Path(cfg.IndexProcess.data_file), index_dir
 
 
-def _load_existing(index_dir: Path, delimiter: str) -> GalleryIndex:
-    if not index_dir.exists():
-        raise GalleryError(f"{index_dir}: no gallery there yet; make one with `vidrec gallery build`")
-    return GalleryIndex.load(index_dir, delimiter=delimiter)
-
-
-def _check_embedding_size(gallery: GalleryIndex, recognizer: Recognizer, index_dir: Path) -> None:
-    if gallery.embedding_size != recognizer.embedding_size:
-        raise GalleryError(
-            f"{index_dir}: the gallery holds {gallery.embedding_size}-d embeddings but the recognizer "
-            f"{recognizer.model_path} makes {recognizer.embedding_size}-d ones; rebuild the gallery with this recognizer"
-        )
-
-
-def _warn_on_settings_not_applied(cfg: VidrecConfig, gallery: GalleryIndex, index_dir: Path) -> None:
+def gallery_settings(cfg: VidrecConfig, index_dir: Path) -> GallerySettings:
+    """The gallery settings of ``IndexProcess`` for ``index_dir`` (items name their images as read from the data_file)."""
     ip = cfg.IndexProcess
-    if ip.index_method != gallery.index_method:
-        log.warning("IndexProcess.index_method %s not applied: %s is a %s index; `gallery build` makes a new one", ip.index_method, index_dir, gallery.index_method)
-    if ip.dist_type != gallery.dist_type:
-        log.warning("IndexProcess.dist_type %s not applied: %s uses %s", ip.dist_type, index_dir, gallery.dist_type)
+    return GallerySettings(
+        index_dir=Path(index_dir), delimiter=ip.delimiter, index_method=ip.index_method, dist_type=ip.dist_type,
+        batch_size=ip.batch_size,
+    )
 
 
-def _key(line: str, delimiter: str) -> tuple[str, str | None]:
-    """(image path, label) of a stored line, each stripped; (line, None) for a line without the delimiter."""
-    if delimiter not in line:
-        return line.strip(), None
-    path, label = line.split(delimiter, 1)
-    return path.strip(), label.strip()
+def _repeated_line(entries: Sequence[GalleryEntry], data_file: Path, delimiter: str) -> str | None:
+    """The message naming the first line that repeats an earlier one, or None."""
+    repeat = first_repeat(entries, delimiter)
+    if repeat is None:
+        return None
+    again, first = (entries[n].line_number for n in repeat)
+    return f"{data_file}:{again}: duplicate: the same entry as line {first}"
 
 
-def _entry_key(entry: GalleryEntry, delimiter: str) -> tuple[str, str | None]:
-    return _key(entry.line, delimiter)
-
-
-def _stored_keys(gallery: GalleryIndex, delimiter: str) -> dict[tuple[str, str | None], list[int]]:
-    stored: dict[tuple[str, str | None], list[int]] = {}
-    for i, _, line in gallery.entries():
-        stored.setdefault(_key(line, delimiter), []).append(i)
-    return stored
-
-
-def _refuse_repeats(entries: Sequence[GalleryEntry], data_file: Path, delimiter: str) -> None:
-    first: dict[tuple[str, str | None], int] = {}
-    for entry in entries:
-        key = _entry_key(entry, delimiter)
-        if key in first:
-            raise GalleryError(f"{data_file}:{entry.line_number}: duplicate: the same entry as line {first[key]}")
-        first[key] = entry.line_number
+@contextmanager
+def _by_line(data_file: Path, entries: Sequence[GalleryEntry]) -> Iterator[None]:
+    """An error about one of ``entries`` (by index) named as ``data_file:line`` instead."""
+    try:
+        yield
+    except GalleryItemError as exc:
+        raise GalleryError(f"{data_file}:{entries[exc.index].line_number}: {exc.reason}") from None
 
 
 def _resolved(path: Path) -> Path:
@@ -342,29 +244,6 @@ def _resolved(path: Path) -> Path:
         return path.resolve()
     except OSError:
         return path.absolute()
-
-
-@contextmanager
-def _locked(index_dir: Path) -> Iterator[None]:
-    """Serialise changes to one index_dir (load, change, save) across processes."""
-    index_dir = Path(index_dir)
-    index_dir.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = index_dir.parent / f".{index_dir.name}.lock"
-    try:
-        handle = open(lock_path, "a+b")
-    except OSError as exc:
-        raise GalleryError(f"{index_dir}: cannot open lock file {lock_path} ({exc.strerror or exc})") from None
-    with handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def _summary(index_dir: Path, gallery: GalleryIndex, operation: str, *, changed: int, embedded: int = 0) -> GallerySummary:
-    labels = len({label for _, label, _ in gallery.entries()})
-    return GallerySummary(index_dir, gallery.size, labels, gallery.version, operation, changed, embedded)
 
 
 # ---- the command line --------------------------------------------------------------------------------------
