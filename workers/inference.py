@@ -13,9 +13,8 @@ to the sinks, repeat.
 - Live streams never queue stale frames here either (the rules: workers/freshness.py): a live stream keeps at
   most ``live_backlog`` frames waiting for a batch (older ones are released unprocessed and counted
   ``dropped_backlog``), and a live frame older than ``live_max_age_s`` when its batch starts is released and
-  counted ``dropped_too_old``. The
-  transport already overwrites the oldest frames of a live ring that inference has not taken yet. File
-  streams lose nothing.
+  counted ``dropped_too_old``. The transport already overwrites the oldest frames of a live ring that
+  inference has not taken yet. File streams lose nothing.
 - The batcher closes a batch at ``max_batch`` frames or when its oldest frame waited ``max_wait_s`` and puts a
   frame that waited ``staleness_s`` first: a camera that pauses around a keyframe never holds back the others.
 - Per stream, results leave in frame order: batches take each stream's frames in order and run one after
@@ -455,7 +454,7 @@ class InferenceWorker:
             self.model_seconds[model].observe(ms / 1000.0)
         for result in recognized.results:
             info = self.streams[result.stream_id]
-            info.seq = result.seq + 1
+            info.seq += 1  # the next batch's contexts count on from here
             for sink in self.sinks:
                 sink.write(result)
             latency = result.latency_ms
