@@ -24,7 +24,7 @@ from typing import Sequence
 
 from config import VidrecConfig
 from models.gallery_watch import GalleryWatcher
-from models.shitu import BatchRecognition, ShituSystem, StageTimes
+from models.shitu import BatchRecognition, RecognizedBox, ShituSystem, StageTimes
 from stream.clockcode import decode_clock
 from stream.frames import Frame
 from stream.messages import FrameResult, ObjectResult
@@ -101,6 +101,7 @@ class RecognitionStep:
         self._reload_gallery()
         stamps = [decode_clock(f.image_bgr) if c.clock_stamped else None for f, c in zip(frames, contexts)]
         recognition = self.system.run([f.image_bgr for f in frames])
+        # Tracking (next) joins here: boxes → tracks per stream, before the results are built.
         ready = time.time()
         results = [
             self._result(frame, boxes, context, stamp, recognition, ready=ready, batch_started=batch_started)
@@ -115,7 +116,7 @@ class RecognitionStep:
         if fresh is not None:
             self.system.set_gallery(fresh)
 
-    def _result(self, frame: Frame, boxes: Sequence, context: FrameContext, stamp: int | None,
+    def _result(self, frame: Frame, boxes: Sequence[RecognizedBox], context: FrameContext, stamp: int | None,
                 recognition: BatchRecognition, *, ready: float, batch_started: float | None) -> FrameResult:
         names = self.class_names
         objects = tuple(
