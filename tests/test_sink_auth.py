@@ -28,7 +28,7 @@ from stream.errors import SinkError
 from stream.sinks.kafka import kafka_security_kwargs
 from stream.sinks.redis import RedisSink, redis_auth_kwargs
 from tests.factories import make_result
-from workers.video_job import VideoOutputs, open_sinks
+from workers.outputs import SinkTargets, open_sinks
 
 PASSWORD = f"pw-{uuid.uuid4().hex}"
 PASSWORD_ENV = "VIDREC_TEST_REDIS_PASSWORD"
@@ -180,9 +180,9 @@ def test_open_sinks_passes_the_redis_password_from_the_environment(
     cfg = load_config(None, [f"Redis.url={redis_server.url}", f"Redis.password_env={PASSWORD_ENV}", "Redis.key_prefix=open-sinks"])
     monkeypatch.delenv(PASSWORD_ENV, raising=False)
     with pytest.raises(SinkError, match=f"environment variable {PASSWORD_ENV} is not set"):
-        open_sinks(cfg, VideoOutputs())
+        open_sinks(cfg, SinkTargets())
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
-    [sink] = open_sinks(cfg, VideoOutputs())
+    [sink] = open_sinks(cfg, SinkTargets())
     sink.write(make_result("cli", 1))
     sink.close()
     assert _latest(redis_server.admin, "open-sinks", "cli") is not None
@@ -300,7 +300,7 @@ def test_sasl_settings_reach_the_client(kafka_bootstrap: str, monkeypatch: pytes
     ])
     started = time.monotonic()
     with pytest.raises(SinkError) as info:
-        open_sinks(cfg, VideoOutputs())
+        open_sinks(cfg, SinkTargets())
     assert time.monotonic() - started < 30
     message = str(info.value)
     assert message.startswith(f"cannot reach Kafka at {kafka_bootstrap}:") and "\n" not in message

@@ -2,16 +2,19 @@
 gallery search → one result per frame → the sinks, asynchronously.
 
 One process per accelerator (this version runs one: the CPU, or the GPU ``Global.use_gpu`` picks). It owns the
-only ``FrameConsumer`` of the frame queue, the ``Batcher``, the ``ShituSystem`` and one ``AsyncSink`` per sink.
+only ``FrameConsumer`` of the frame queue, the ``Batcher``, the ``RecognitionStep`` (workers/recognition.py:
+the models, the gallery, the finished results) and the sinks, each writing from a thread of its own
+(workers/outputs.py).
 
 The loop: take every frame ref that is ready (each one claims its shared-memory slot: a lease), add it to the
-batcher, run the batch that is due, release the batch's slots, hand the results to the sinks, repeat.
+batcher, run the batch that is due through the recognition step, release the batch's slots, hand the results
+to the sinks, repeat.
 
-- Live streams never queue stale frames here either: a live stream keeps at most ``live_backlog`` frames
-  waiting for a batch (older ones are released unprocessed and counted ``dropped_backlog``), and a live frame
-  older than ``live_max_age_s`` when its batch starts is released and counted ``dropped_too_old``. The
-  transport already overwrites the oldest frames of a live ring that inference has not taken yet. File
-  streams lose nothing.
+- Live streams never queue stale frames here either (the rules: workers/freshness.py): a live stream keeps at
+  most ``live_backlog`` frames waiting for a batch (older ones are released unprocessed and counted
+  ``dropped_backlog``), and a live frame older than ``live_max_age_s`` when its batch starts is released and
+  counted ``dropped_too_old``. The transport already overwrites the oldest frames of a live ring that
+  inference has not taken yet. File streams lose nothing.
 - The batcher closes a batch at ``max_batch`` frames or when its oldest frame waited ``max_wait_s`` and puts a
   frame that waited ``staleness_s`` first: a camera that pauses around a keyframe never holds back the others.
 - Per stream, results leave in frame order: batches take each stream's frames in order and run one after
@@ -20,7 +23,7 @@ batcher, run the batch that is due, release the batch's slots, hand the results 
   ``recognize``, ``search``, ``post``, ``total`` (capture → handed to the sinks) and, for ``clock_stamp``
   streams, ``camera`` (the wall-clock stamp in the pixels → capture); and the stream's state
   (``stream_state``) as the supervisor last reported it.
-- The gallery is reloaded between batches when a new version is saved (``GalleryWatcher``).
+- The gallery is reloaded between batches when a new version is saved (by the recognition step).
 - Model or sink errors are counted and logged once per kind; they never end the process.
 
 Control (from the supervisor; messages in workers/messages.py): ``StreamAdded`` (the plan: live or file,
@@ -35,23 +38,16 @@ import logging
 import os
 import queue as queue_mod
 import sys
-import tempfile
 import time
-from collections import deque
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from config import ConfigError, VidrecConfig
 from models.errors import GalleryError, ModelError
-from stream.clockcode import decode_clock
 from stream.errors import SinkError, SourceError
-from stream.sinks.async_sink import AsyncSink
-from stream.sinks.kafka import KafkaSink
-from stream.sinks.spool import Spool, spool_dir, spool_dirs_of_run
-from stream.sinks.spooled import SpooledSink
+from stream.latency import LatencyWindow
 from stream.transport import EndOfStream, FrameConsumer, FrameLease, ProducerDiedError, StreamCounters
 from workers.batcher import Batcher
 from workers.metrics import (
@@ -79,13 +75,14 @@ from workers.messages import (
 )
 from workers.plans import StreamPlan
 from workers.snapshots import SnapshotEncoder
+from workers.freshness import backlog_overflow, too_old
 from workers.ingest import ParentWatch, detach_queues, setup_child
-from workers.video_job import VideoOutputs, gallery_watcher, open_sinks, to_results
+from workers.outputs import open_service_sinks, result_run_id
+from workers.recognition import FrameContext, RecognitionStep, RecognizedBatch
 
 log = logging.getLogger(__name__)
 
 STARTUP_ERRORS = (ConfigError, ModelError, GalleryError, SourceError, SinkError)
-_LATENCY_WINDOW = 512
 _MAX_LABELS = 10_000  # distinct gallery labels counted one by one; more are counted as "(other)"
 _TOP_LABELS = 100  # labels reported to the supervisor (by count); the rest summed as "(other)"
 OTHER_LABEL = "(other)"
@@ -111,8 +108,8 @@ class _Stream:
     last_index: int = -1
     ended: bool = False
     final_transport: StreamCounters | None = None
-    totals: deque = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
-    e2e: deque = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
+    totals: LatencyWindow = field(default_factory=LatencyWindow)  # latency_ms["total"] of recent results
+    e2e: LatencyWindow = field(default_factory=LatencyWindow)  # camera + total, for clock-stamped streams
     last: dict[str, float] = field(default_factory=dict)
     detected: int = 0
     recognized: int = 0
@@ -128,10 +125,9 @@ class _Stream:
     def snapshot(self) -> StreamInference:
         latency: dict[str, float] = {}
         for name, window in (("total", self.totals), ("e2e", self.e2e)):
-            if window:
-                values = sorted(window)
-                latency[f"{name}_p50"] = round(values[len(values) // 2], 1)
-                latency[f"{name}_p99"] = round(values[min(len(values) - 1, int(len(values) * 0.99))], 1)
+            summary = window.summary()
+            for q in ("p50", "p99") if summary else ():
+                latency[f"{name}_{q}"] = round(summary[q], 1)
         return StreamInference(
             taken=self.taken, processed=self.processed,
             dropped={Drop.BACKLOG.value: self.dropped_backlog, Drop.TOO_OLD.value: self.dropped_too_old,
@@ -151,22 +147,17 @@ class InferenceWorker:
         self.settings = settings
         self._frames_queue = frames_queue
         self._status = status_queue
-        self.system = build_system(cfg)
-        self.class_names = self.system.detector.class_names
-        self.watcher = gallery_watcher(cfg, self.system)
+        system = build_system(cfg)
+        self.step = RecognitionStep.from_config(cfg, system, class_names=system.detector.class_names)
         # The most crops one batch can bring: every frame's boxes plus its whole-frame box.
         self._warm_up(max_crops=settings.max_batch * (cfg.Global.max_det_results + 1))
-        # A restarted worker must come up even while a broker is down (its spool waits for it).
-        sinks = open_sinks(cfg, VideoOutputs(), servers_may_be_down=settings.incarnation > 0)
-        for sink in sinks:
-            if hasattr(sink, "flush_timeout_s"):
-                sink.flush_timeout_s = settings.sink_close_timeout_s
-        inc = settings.incarnation
-        self.result_run_id = settings.run_id if inc == 0 else f"{settings.run_id}.{inc}"
+        self.result_run_id = result_run_id(settings.run_id, settings.incarnation)
         # End-to-end latency is taken when the first sink (Kafka when configured) accepted the result: for Kafka,
         # when the broker acknowledged it.
-        self.sinks = [self._wrap(sink, cfg, on_written=self._observe_e2e if i == 0 else None)
-                      for i, sink in enumerate(sinks)]
+        self.sinks = open_service_sinks(cfg, run_id=settings.run_id, incarnation=settings.incarnation,
+                                        queue_size=settings.sink_queue_size,
+                                        close_timeout_s=settings.sink_close_timeout_s,
+                                        on_first_written=self._observe_e2e)
         self.batch_size = Histogram(BATCH_SIZE_BUCKETS)
         self.batch_wait = Histogram(WAIT_BUCKETS_S)
         self.model_seconds = {model: Histogram(INFERENCE_BUCKETS_S) for model in MODELS}
@@ -184,36 +175,6 @@ class InferenceWorker:
         self.orphaned = False
         self._next_stats = 0.0
 
-    @property
-    def gallery_version(self) -> int | None:
-        gallery = self.system.gallery
-        return None if gallery is None else gallery.version
-
-    def _wrap(self, sink: Any, cfg: VidrecConfig, on_written: Any) -> Any:
-        """Kafka, the record of every result, publishes at least once through a memory+disk spool; the other
-        sinks (Redis: the latest state) through a bounded queue that drops the oldest."""
-        if isinstance(sink, KafkaSink):
-            k = cfg.Kafka
-            directory, adopt = None, []
-            if k.spool_max_bytes > 0:
-                directory = spool_dir(spool_base(k), self.result_run_id)
-                # A restarted worker takes over what its dead predecessors had spooled on disk.
-                adopt = [d for d in spool_dirs_of_run(spool_base(k), self.settings.run_id) if d != directory]
-            segment = max(64 * 1024, min(4 * 1024 * 1024, k.spool_max_bytes // 4))
-            spool = Spool(k.spool_memory_results, directory, disk_max_bytes=k.spool_max_bytes, segment_bytes=segment,
-                          adopt=adopt)
-            if spool.adopted:
-                log.warning("kafka spool: %d result(s) a previous inference worker left on disk go out first",
-                            spool.adopted)
-            return SpooledSink(sink, name="kafka", spool=spool, batch_max=min(500, k.spool_memory_results // 2),
-                               on_written=on_written)
-        return AsyncSink(sink, name=_sink_name(sink), max_queue=self.settings.sink_queue_size, on_written=on_written)
-
-    @property
-    def gallery_entries(self) -> int:
-        gallery = self.system.gallery
-        return 0 if gallery is None else gallery.size
-
     def _observe_e2e(self, result: Any) -> None:
         info = self.streams.get(result.stream_id)
         if info is not None:
@@ -224,12 +185,13 @@ class InferenceWorker:
         the runtime's first runs, and memory is at its level from the start: ONNX Runtime's memory arena
         grows to the largest pattern it has met, which otherwise shows as a one-time jump of ~140 MB minutes
         into a run, whenever a batch with many objects first comes (bench/soak.py, docs/benchmarks.md)."""
+        system = self.step.system
         image = np.zeros((360, 640, 3), np.uint8)
         most = self.settings.max_batch
         for n in (most, *range(1, most + 1)):
-            self.system.run([image] * n)
-        recognizer = self.system.recognizer
-        if recognizer is not None and self.system.gallery is not None:
+            system.run([image] * n)
+        recognizer = system.recognizer
+        if recognizer is not None and system.gallery is not None:
             crop = np.zeros((32, 32, 3), np.uint8)
             largest = min(max_crops, recognizer.max_batch)
             for n in (largest, *range(1, largest + 1)):
@@ -341,14 +303,14 @@ class InferenceWorker:
         if info.state in (None, StreamState.STARTING):
             info.state = StreamState.RUNNING  # a decoded frame says so, even before the supervisor's word arrives
         now = time.monotonic()
-        backlog = self.settings.live_backlog
-        if info.live and self.batcher.pending(sid) >= backlog:
+        release = backlog_overflow(live=info.live, waiting=self.batcher.pending(sid),
+                                   live_backlog=self.settings.live_backlog)
+        if release:
             waiting = self.batcher.remove_stream(sid)
-            keep = waiting[len(waiting) - (backlog - 1):] if backlog > 1 else []
-            for old in waiting[: len(waiting) - len(keep)]:
+            for old in waiting[:release]:
                 old.lease.release()
                 info.dropped_backlog += 1
-            for item in keep:
+            for item in waiting[release:]:
                 self.batcher.add(item, now=item.arrived)
         self.batcher.add(_Item(sid, lease, now), now=now)
 
@@ -358,30 +320,24 @@ class InferenceWorker:
         fresh: list[_Item] = []
         for item in batch:
             info = self.streams[item.stream_id]
-            if info.live and started - item.lease.ref.capture_time > self.settings.live_max_age_s:
+            if too_old(live=info.live, capture_time=item.lease.ref.capture_time, batch_started=started,
+                       live_max_age_s=self.settings.live_max_age_s):
                 item.lease.release()
                 info.dropped_too_old += 1
             else:
                 fresh.append(item)
         if not fresh:
             return
-        if self.watcher is not None:
-            gallery = self.watcher.poll()  # between batches: one batch, one gallery version
-            if gallery is not None:
-                self.system.set_gallery(gallery)
-                log.info("gallery version %d loaded", gallery.version)
         frames = [item.lease.frame(copy=False) for item in fresh]
         try:
             try:
-                stamps = [decode_clock(frame.image_bgr) if self._stamped(frame.stream_id) else None for frame in frames]
-                recognition = self.system.run([frame.image_bgr for frame in frames])
-                results = to_results(frames, recognition, self.class_names)
+                recognized = self.step.run(frames, self._contexts(fresh), batch_started=started)
             except Exception as exc:  # noqa: BLE001 - one bad batch must not stop every camera
                 self._count_error(fresh, exc)
                 return
-            self._publish(fresh, results, stamps, started, recognition.times)
+            self._publish(recognized)
             # Pixels for the overlay only after the results went to the sinks: results never wait for them.
-            for frame, result in zip(frames, results):
+            for frame, result in zip(frames, recognized.results):
                 snapshot = self.snapshots.maybe_encode(frame, result.frame_index)
                 if snapshot is not None:
                     self._status.put(snapshot)
@@ -390,34 +346,42 @@ class InferenceWorker:
             for item in fresh:
                 item.lease.release()
 
-    def _publish(self, fresh: list[_Item], results: list[Any], stamps: list[Any], started: float, times: Any) -> None:
+    def _contexts(self, items: list[_Item]) -> list[FrameContext]:
+        """What the results of ``items`` carry besides their recognition: state, seq (per stream, counting on
+        from the stream's last result), this worker's run id, whether the pixels carry a clock stamp."""
+        next_seq: dict[str, int] = {}
+        contexts = []
+        for item in items:
+            info = self.streams[item.stream_id]
+            seq = next_seq.get(item.stream_id, info.seq)
+            next_seq[item.stream_id] = seq + 1
+            contexts.append(FrameContext(stream_state=info.state, seq=seq, run_id=self.result_run_id,
+                                         clock_stamped=self._stamped(item.stream_id)))
+        return contexts
+
+    def _publish(self, recognized: RecognizedBatch) -> None:
         self._batches += 1
-        self.batch_size.observe(len(fresh))
+        self.batch_size.observe(len(recognized.results))
+        times = recognized.times
         for model, ms in zip(MODELS, (times.detect, times.recognize, times.search)):
             self.model_seconds[model].observe(ms / 1000.0)
-        handed = time.time()
-        for item, result, stamp in zip(fresh, results, stamps):
-            info = self.streams[item.stream_id]
-            latency = result.latency_ms
-            capture = result.capture_time
-            latency["queue"] = max(0.0, (started - capture) * 1000.0)
-            latency["total"] = max(0.0, (handed - capture) * 1000.0)
-            if stamp is not None:
-                latency["camera"] = max(0.0, capture * 1000.0 - stamp)
-                info.e2e.append(latency["camera"] + latency["total"])
-            result = replace(result, stream_state=info.state, seq=info.seq, run_id=self.result_run_id)
-            info.seq += 1
+        for result in recognized.results:
+            info = self.streams[result.stream_id]
+            info.seq += 1  # the next batch's contexts count on from here
             for sink in self.sinks:
                 sink.write(result)
+            latency = result.latency_ms
             if not self.sinks:
                 info.e2e_seconds.observe(latency["total"] / 1000.0)
+            if "camera" in latency:
+                info.e2e.add(latency["camera"] + latency["total"])
             info.processed += 1
             info.detected += len(result.objects)
             for obj in result.objects:
                 if obj.label is not None:
                     info.recognized += 1
-                    self._count_label(obj.label, item.stream_id)
-            info.totals.append(latency["total"])
+                    self._count_label(obj.label, result.stream_id)
+            info.totals.add(latency["total"])
             info.last = dict(latency)
             self._frames += 1
 
@@ -472,14 +436,14 @@ class InferenceWorker:
             sink_streams={s.name: s.per_stream for s in sink_stats},
             batches=self._batches,
             frames=self._frames,
-            gallery_version=self.gallery_version,
-            gallery_entries=self.gallery_entries,
+            gallery_version=self.step.gallery_version,
+            gallery_entries=self.step.gallery_entries,
             batch_size=self.batch_size.copy(),
             batch_wait_seconds=self.batch_wait.copy(),
             inference_seconds={model: hist.copy() for model, hist in self.model_seconds.items()},
             labels=self._top_labels(),
-            gallery_load_errors=self.watcher.load_errors if self.watcher is not None else 0,
-            gallery_error=self.watcher.last_error if self.watcher is not None else None,
+            gallery_load_errors=self.step.watcher.load_errors if self.step.watcher is not None else 0,
+            gallery_error=self.step.watcher.last_error if self.step.watcher is not None else None,
         )
 
     def _maybe_report(self) -> None:
@@ -487,16 +451,6 @@ class InferenceWorker:
         if now >= self._next_stats:
             self._next_stats = now + self.settings.stats_interval_s
             self._status.put(self._stats())
-
-
-def spool_base(kafka: Any) -> Path:
-    """The folder under which Kafka spool folders go: ``Kafka.spool_dir``, or the system's temp dir."""
-    return Path(kafka.spool_dir) if kafka.spool_dir else Path(tempfile.gettempdir())
-
-
-def _sink_name(sink: Any) -> str:
-    name = type(sink).__name__.removesuffix("Sink").lower()
-    return name or type(sink).__name__
 
 
 def inference_main(
@@ -522,7 +476,7 @@ def inference_main(
         status_queue.close()
         status_queue.join_thread()
         sys.exit(1)
-    status_queue.put(InferenceReady(os.getpid(), worker.gallery_version))
+    status_queue.put(InferenceReady(os.getpid(), worker.step.gallery_version))
     exited = worker.run(control_queue)
     status_queue.put(exited)
     status_queue.close()

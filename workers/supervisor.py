@@ -319,7 +319,7 @@ class Supervisor:
             log.info("removed %d shared-memory segment(s) left by the workers", len(removed))
         if self.cfg.Kafka.bootstrap and self.cfg.Kafka.spool_max_bytes > 0:
             from stream.sinks.spool import discard_spool_dir, spool_dirs_of_run
-            from workers.inference import spool_base
+            from workers.outputs import spool_base
 
             for folder in spool_dirs_of_run(spool_base(self.cfg.Kafka), self.run_id):  # left by a killed worker
                 lost = discard_spool_dir(folder)

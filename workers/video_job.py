@@ -15,30 +15,22 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from config import VidrecConfig
-from models.gallery_watch import GalleryWatcher
-from models.shitu import BatchRecognition, ShituSystem
+from models.shitu import ShituSystem
 from stream.frames import Frame
-from stream.messages import FrameResult, ObjectResult
 from stream.sinks import ResultSink
-from stream.sinks.jsonl import JsonlSink
-from stream.sinks.kafka import KafkaSink, kafka_security_kwargs
-from stream.sinks.redis import RedisSink, redis_auth_kwargs
 from stream.sinks.video import AnnotatedVideoWriter
 from stream.sources import FrameSource, open_source
+from workers.outputs import SinkTargets, open_sinks
+from workers.recognition import RecognitionStep
 
 log = logging.getLogger(__name__)
 
-# How often a running job looks for a new gallery version in IndexProcess.index_dir (a few stat calls).
-GALLERY_POLL_S = 0.5
-
 
 @dataclass(frozen=True)
-class VideoOutputs:
-    json_path: Path | None = None
+class VideoOutputs(SinkTargets):
+    """The result sinks, and the annotated video (``video_path``: boxes and labels drawn on every frame)."""
+
     video_path: Path | None = None
-    kafka_bootstrap: str | None = None
-    kafka_topic: str | None = None
-    redis_url: str | None = None
 
 
 @dataclass
@@ -65,88 +57,6 @@ def batched(frames: Iterator[Frame], size: int) -> Iterator[list[Frame]]:
         yield batch
 
 
-def to_results(frames: Sequence[Frame], recognition: BatchRecognition, class_names: Sequence[str]) -> list[FrameResult]:
-    """Turn the models' per-frame boxes into schema messages, with each frame's stage times."""
-    now = time.time()
-    times = recognition.times
-    results = []
-    for frame, boxes in zip(frames, recognition.boxes):
-        objects = tuple(
-            ObjectResult(
-                bbox=box.xyxy,
-                det_score=min(max(box.det_score, 0.0), 1.0),
-                det_class=class_names[box.det_class_id] if box.det_class_id >= 0 else None,
-                label=box.label,
-                score=box.score,
-            )
-            for box in boxes
-        )
-        latency = {
-            "decode": frame.decode_ms,
-            "detect": times.detect,
-            "recognize": times.recognize,
-            "search": times.search,
-            "post": times.post,
-            "total": max(0.0, (now - frame.capture_time) * 1000),
-        }
-        results.append(
-            FrameResult(
-                stream_id=frame.stream_id,
-                frame_index=frame.index,
-                pts=frame.pts,
-                capture_time=frame.capture_time,
-                width=frame.width,
-                height=frame.height,
-                latency_ms=latency,
-                objects=objects,
-                gallery_version=recognition.gallery_version,
-            )
-        )
-    return results
-
-
-def open_sinks(cfg: VidrecConfig, outputs: VideoOutputs, *, servers_may_be_down: bool = False) -> list[ResultSink]:
-    """Open every configured sink up front, so an unreachable broker fails before any work is done
-    (``servers_may_be_down``: a restarted service worker, which must start whatever the broker's state).
-
-    Kafka TLS/SASL and the Redis password come from the ``Kafka`` / ``Redis`` sections (passwords from the
-    environment variables they name), also for a broker or URL given on the command line.
-    """
-    sinks: list[ResultSink] = []
-    try:
-        if outputs.json_path is not None:
-            sinks.append(JsonlSink(outputs.json_path))
-        bootstrap = outputs.kafka_bootstrap or cfg.Kafka.bootstrap
-        if bootstrap:
-            security = kafka_security_kwargs(cfg.Kafka.model_copy(update={"bootstrap": bootstrap}))
-            sinks.append(KafkaSink(bootstrap, outputs.kafka_topic or cfg.Kafka.topic, connect_timeout_s=cfg.Kafka.connect_timeout_s,
-                                   extra=security, require_broker=not servers_may_be_down))
-        redis_url = outputs.redis_url or cfg.Redis.url
-        if redis_url:
-            auth = redis_auth_kwargs(cfg.Redis.model_copy(update={"url": redis_url}))
-            sinks.append(RedisSink(redis_url, history_len=cfg.Redis.history_len, ttl_s=cfg.Redis.ttl_s, key_prefix=cfg.Redis.key_prefix,
-                                   require_server=not servers_may_be_down, **auth))
-    except BaseException:
-        for sink in sinks:
-            sink.abort()
-        raise
-    return sinks
-
-
-def gallery_watcher(cfg: VidrecConfig, system: ShituSystem, *, interval_s: float = GALLERY_POLL_S) -> GalleryWatcher | None:
-    """A watcher on the configured index_dir, or None when the job runs without a gallery."""
-    index_dir = cfg.IndexProcess.index_dir
-    if index_dir is None or system.gallery is None or system.recognizer is None:
-        return None
-    return GalleryWatcher(
-        Path(index_dir),
-        current=system.gallery,
-        delimiter=cfg.IndexProcess.delimiter,
-        embedding_size=getattr(system.recognizer, "embedding_size", None),
-        interval_s=interval_s,
-    )
-
-
 def run_video_job(
     cfg: VidrecConfig,
     system: ShituSystem,
@@ -170,15 +80,9 @@ def run_video_job(
             from tqdm import tqdm
 
             bar = tqdm(total=source.frame_count, unit="frame", desc=source.stream_id, file=sys.stderr)
-        watcher = gallery_watcher(cfg, system)
+        step = RecognitionStep.from_config(cfg, system, class_names=class_names)
         for frames in batched(iter(source), cfg.Global.batch_size):
-            if watcher is not None:
-                # Between batches, so that one batch is always named by one gallery version.
-                fresh = watcher.poll()
-                if fresh is not None:
-                    system.set_gallery(fresh)
-            recognition = system.run([f.image_bgr for f in frames])
-            for frame, result in zip(frames, to_results(frames, recognition, class_names)):
+            for frame, result in zip(frames, step.run(frames).results):
                 for sink in sinks:
                     sink.write(result)
                 if outputs.video_path is not None:

@@ -13,28 +13,28 @@ full spool or the process died with it (both visible to a consumer as a gap in t
 result whose acknowledgement was lost (broker restarted after writing it) is sent again: a consumer sees
 the same ``(run_id, stream_id, seq)`` twice and keeps one. The idempotent producer (``acks=all``) already
 prevents duplicates from its own retries within one batch.
+
+The thread, close/abort and the counters are ``ThreadedSink``'s; the spool and the publishing are this sink's.
 """
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from typing import Any, Callable
 
 from stream.errors import SinkError
 from stream.messages import FrameResult
-from stream.sinks.async_sink import AsyncSinkStats
 from stream.sinks.spool import Spool
+from stream.sinks.threaded import ThreadedSink
 
 log = logging.getLogger(__name__)
 
 _BACKOFF_S = (0.5, 5.0)
-_WINDOW = 512
 REOPEN_AFTER_S = 20.0  # no acknowledgement for this long: connect a new producer and send again
 
 
-class SpooledSink:
+class SpooledSink(ThreadedSink):
     """``inner`` must offer ``send(result) -> future`` (KafkaSink), ``close()``, ``abort()``, ``describe_error``."""
 
     def __init__(self, inner: Any, *, name: str, spool: Spool, batch_max: int = 500,
@@ -42,33 +42,19 @@ class SpooledSink:
                  reopen_after_s: float = REOPEN_AFTER_S) -> None:
         if batch_max < 1 or batch_max > spool.memory_max:
             raise ValueError(f"batch_max must be within 1..spool memory ({spool.memory_max}), got {batch_max}")
-        self.inner = inner
-        self.name = name
         self.spool = spool
         self.batch_max = batch_max
         self.reopen_after_s = reopen_after_s
-        self._on_written = on_written
         self._last_progress = time.monotonic()
         self._last_reopen = time.monotonic()
-        self._cond = threading.Condition()
-        self._accepting = True
-        self._stop = False
         self._inflight = 0
-        self._written: Counter[str] = Counter()
-        self._errors: Counter[str] = Counter()
-        self._publish_ms: deque[float] = deque(maxlen=_WINDOW)
-        self._last_error: str | None = None
-        self._retrying = False
         self._drop_logged = False
-        self._thread = threading.Thread(target=self._run, name=f"sink[{name}]", daemon=True)
-        self._thread.start()
+        super().__init__(inner, name=name, on_written=on_written)
 
-    # ------------------------------------------------------------------------------------ public API -----
     def write(self, result: FrameResult) -> None:
         """Spool one result; never waits for the broker. Raises SinkError only after ``close``/``abort``."""
         with self._cond:
-            if not self._accepting:
-                raise SinkError(f"sink {self.name} is closed")
+            self._check_accepting()
         dropped = self.spool.put(result)
         if dropped and not self._drop_logged:
             self._drop_logged = True
@@ -76,71 +62,26 @@ class SpooledSink:
         with self._cond:
             self._cond.notify_all()
 
-    def stats(self) -> AsyncSinkStats:
+    # -- ThreadedSink's hooks -------------------------------------------------------------------------------
+    def _pending(self) -> bool:
+        return len(self.spool) > 0 or bool(self._inflight)
+
+    def _dropped(self) -> Counter[str]:
+        return Counter(self.spool.dropped)
+
+    def _waiting(self) -> tuple[int, dict[str, int]]:
         depth = self.spool.depth()
-        with self._cond:
-            dropped = Counter(self.spool.dropped)
-            streams = set(self._written) | set(dropped) | set(self._errors)
-            per_stream = {sid: {"written": self._written[sid], "dropped": dropped[sid], "errors": self._errors[sid]}
-                          for sid in sorted(streams)}
-            times = sorted(self._publish_ms)
-            written, errors = sum(self._written.values()), sum(self._errors.values())
-            last_error, retrying = self._last_error, self._retrying
-        publish = {}
-        if times:
-            publish = {"p50": times[len(times) // 2], "p99": times[min(len(times) - 1, int(len(times) * 0.99))],
-                       "max": times[-1]}
-        return AsyncSinkStats(self.name, depth["memory"] + depth["disk"], written, sum(dropped.values()), errors,
-                              per_stream, publish, last_error, spool=depth, retrying=retrying)
+        return depth["memory"] + depth["disk"], depth
 
-    def close(self, timeout_s: float = 15.0) -> bool:
-        """Publish what waits for up to ``timeout_s``, then close the producer. True when nothing was left
-        (what is left is counted as dropped). Never raises."""
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            self._accepting = False
-            self._cond.notify_all()
-            drained = self._cond.wait_for(lambda: len(self.spool) == 0 and not self._inflight,
-                                          timeout=max(0.0, timeout_s))
-            self._stop = True
-            self._cond.notify_all()
-        self._thread.join(max(0.1, deadline - time.monotonic()))
+    def _take_leftovers(self) -> int:
         left = self.spool.drain()
-        for result in left:
-            self.spool.dropped[result.stream_id] += 1
-        if left:
-            log.warning("sink %s: %d result(s) not published within %gs at close (counted as dropped)",
-                        self.name, len(left), timeout_s)
-        self.spool.close()
-        if not drained or self._thread.is_alive():
-            self._inner_abort()
-            return False
-        try:
-            self.inner.close()
-        except Exception as exc:  # noqa: BLE001 - reported, never raised at shutdown
-            with self._cond:
-                self._last_error = f"close: {exc}"
-            log.error("sink %s: close failed: %s", self.name, exc)
-            return False
-        return True
-
-    def abort(self) -> None:
         with self._cond:
-            self._accepting = False
-            self._stop = True
-            self._cond.notify_all()
-        self._thread.join(1.0)
-        for result in self.spool.drain():
-            self.spool.dropped[result.stream_id] += 1
-        self.spool.close()
-        self._inner_abort()
+            for result in left:
+                self.spool.dropped[result.stream_id] += 1
+        return len(left)
 
-    # ------------------------------------------------------------------------------------ internals ------
-    def _inner_abort(self) -> None:
-        try:
-            self.inner.abort()
-        except Exception as exc:  # noqa: BLE001
-            log.error("sink %s: abort failed: %s", self.name, exc)
+    def _release(self) -> None:
+        self.spool.close()
 
     def _run(self) -> None:
         failures = 0
@@ -160,7 +101,7 @@ class SpooledSink:
             with self._cond:
                 for result in batch[:delivered]:
                     self._written[result.stream_id] += 1
-                    self._publish_ms.append(elapsed_ms)
+                    self._publish_ms.add(elapsed_ms)
                 for result in batch[delivered:]:
                     self._errors[result.stream_id] += 1
                 self.spool.pop(delivered)
@@ -170,12 +111,7 @@ class SpooledSink:
                 if error is not None:
                     self._last_error = error
                 self._cond.notify_all()
-            if self._on_written is not None:
-                for result in batch[:delivered]:
-                    try:
-                        self._on_written(result)
-                    except Exception:  # noqa: BLE001 - an observer's bug must not stop publishing
-                        log.exception("sink %s: on_written callback failed", self.name)
+            self._notify_written(batch[:delivered])
             if delivered:
                 self._last_progress = time.monotonic()
             if error is None:

@@ -1,0 +1,107 @@
+"""The recognition step on real models and the bundled sample gallery: each result leaves it complete (the
+caller's context, every latency stage in order) and a gallery saved between batches names the next batch."""
+from __future__ import annotations
+
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from config import VidrecConfig, load_config
+from stream.clockcode import encode_clock
+from stream.frames import Frame
+from stream.sources import open_source
+from workers.gallery_job import new_gallery
+from workers.recognition import FrameContext, RecognitionStep, gallery_watcher
+from workers.system import build_recognizer, build_system
+
+REPO = Path(__file__).resolve().parent.parent
+STAGES = ["decode", "detect", "recognize", "search", "post", "total"]
+
+
+def _gallery_config(index_dir: Path) -> VidrecConfig:
+    return load_config(None, [
+        f"IndexProcess.data_file={REPO / 'samples' / 'gallery' / 'data_file.txt'}",
+        f"IndexProcess.image_root={REPO / 'samples' / 'gallery'}",
+        f"IndexProcess.index_dir={index_dir}",
+    ])
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> VidrecConfig:
+    """The sample gallery (taxi, cyclist from frame 120, parked bicycle), built in a folder of its own."""
+    cfg = _gallery_config(tmp_path_factory.mktemp("gallery") / "index")
+    new_gallery(cfg, build_recognizer(cfg))
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def frames(bikes_mp4: Path) -> list[Frame]:
+    """Frames 119..121 of bikes.mp4: the cyclist's shot."""
+    with open_source(bikes_mp4) as source:
+        return list(islice((f for f in source if f.index >= 119), 3))
+
+
+def _stamped(frame: Frame, ms: int) -> Frame:
+    """``frame`` with the wall-clock stamp ``ms`` written over its top rows, as a clock-stamping camera does."""
+    image = frame.image_bgr.copy()
+    strip = encode_clock(ms, frame.width)
+    image[: strip.shape[0]] = strip[:, :, np.newaxis]
+    return Frame(frame.stream_id, frame.index, frame.pts, frame.capture_time, image, frame.decode_ms)
+
+
+def test_results_carry_the_callers_context_and_every_latency_stage(cfg: VidrecConfig, frames: list[Frame]) -> None:
+    system = build_system(cfg)
+    step = RecognitionStep.from_config(cfg, system, class_names=system.detector.class_names)
+    camera_ms = int(frames[2].capture_time * 1000) - 40  # the camera stamped it 40 ms before it was decoded
+    batch = [frames[0], frames[1], _stamped(frames[2], camera_ms)]
+    contexts = [
+        FrameContext(stream_state="live", seq=7, run_id="r1.2"),
+        FrameContext(stream_state="stalled", seq=8, run_id="r1.2"),
+        FrameContext(stream_state="live", seq=9, run_id="r1.2", clock_stamped=True),
+    ]
+    started = frames[2].capture_time + 0.25  # the batch started 250 ms after the newest capture
+
+    recognized = step.run(batch, contexts, batch_started=started)
+
+    results = recognized.results
+    assert [(r.frame_index, r.stream_state, r.seq, r.run_id) for r in results] == [
+        (119, "live", 7, "r1.2"), (120, "stalled", 8, "r1.2"), (121, "live", 9, "r1.2")]
+    assert [list(r.latency_ms) for r in results] == [STAGES + ["queue"], STAGES + ["queue"], STAGES + ["queue", "camera"]]
+    for frame, result in zip(batch, results):
+        assert result.latency_ms["queue"] == pytest.approx((started - frame.capture_time) * 1000.0)
+        assert result.latency_ms["detect"] == recognized.times.detect
+        assert result.gallery_version == 1
+    assert results[2].latency_ms["camera"] == pytest.approx(frames[2].capture_time * 1000.0 - camera_ms)
+    # Recognised for real: the cyclist of the gallery (cropped from frame 120) is named on a person.
+    assert any(o.label == "cyclist" and o.det_class == "person" for o in results[1].objects)
+
+
+def test_without_context_a_result_is_a_file_jobs(cfg: VidrecConfig, frames: list[Frame]) -> None:
+    system = build_system(cfg)
+    step = RecognitionStep(system, class_names=system.detector.class_names)
+    [result] = step.run(frames[:1]).results
+    assert list(result.latency_ms) == STAGES  # no queue, no camera: the video job's messages stay as they were
+    assert (result.stream_state, result.seq, result.run_id) == (None, None, None)
+    assert {"stream_state", "seq", "run_id"}.isdisjoint(result.to_dict())
+
+
+def test_a_gallery_saved_between_batches_names_the_next_batch(tmp_path: Path, frames: list[Frame], model_dir: Path) -> None:
+    cfg = _gallery_config(tmp_path / "index")
+    recognizer = build_recognizer(cfg)
+    new_gallery(cfg, recognizer)
+    system = build_system(cfg)
+    step = RecognitionStep(system, class_names=system.detector.class_names,
+                           watcher=gallery_watcher(cfg, system, interval_s=0.0))
+    assert {r.gallery_version for r in step.run(frames).results} == {1}
+    new_gallery(cfg, recognizer)  # saved again: version 2
+    assert {r.gallery_version for r in step.run(frames).results} == {2}
+    assert step.gallery_version == 2 and step.gallery_entries == 3
+
+
+def test_one_context_per_frame(cfg: VidrecConfig, frames: list[Frame]) -> None:
+    system = build_system(cfg)
+    step = RecognitionStep(system, class_names=system.detector.class_names)
+    with pytest.raises(ValueError, match="3 frame\\(s\\) but 1 context"):
+        step.run(frames, [FrameContext()])

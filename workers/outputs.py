@@ -1,0 +1,124 @@
+"""Where results go: the configured sinks, opened in one place for ``vidrec video`` and the service.
+
+``open_sinks`` opens every sink the config and the command line name (JSONL, Kafka, Redis) up front, so an
+unreachable broker fails before any work is done. ``open_service_sinks`` is the service's: the same sinks,
+each behind a thread so that inference never waits for one: Kafka, the record of every result, through the
+at-least-once spool (``SpooledSink``: memory, then disk; a restarted worker adopts what its dead predecessors
+spooled), the others (Redis: the latest state) through the bounded queue that drops the oldest (``AsyncSink``).
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from config import VidrecConfig
+from stream.messages import FrameResult
+from stream.sinks import ResultSink
+from stream.sinks.async_sink import AsyncSink
+from stream.sinks.jsonl import JsonlSink
+from stream.sinks.kafka import KafkaSink, kafka_security_kwargs
+from stream.sinks.redis import RedisSink, redis_auth_kwargs
+from stream.sinks.spool import Spool, spool_dir, spool_dirs_of_run
+from stream.sinks.spooled import SpooledSink
+from stream.sinks.threaded import ThreadedSink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SinkTargets:
+    """The command line's sinks: a JSONL file, and a Kafka broker/topic or Redis URL instead of the config's."""
+
+    json_path: Path | None = None
+    kafka_bootstrap: str | None = None
+    kafka_topic: str | None = None
+    redis_url: str | None = None
+
+
+def open_sinks(cfg: VidrecConfig, targets: SinkTargets = SinkTargets(), *,
+               servers_may_be_down: bool = False) -> list[ResultSink]:
+    """Open every configured sink up front, so an unreachable broker fails before any work is done
+    (``servers_may_be_down``: a restarted service worker, which must start whatever the broker's state).
+
+    Kafka TLS/SASL and the Redis password come from the ``Kafka`` / ``Redis`` sections (passwords from the
+    environment variables they name), also for a broker or URL given on the command line.
+    """
+    sinks: list[ResultSink] = []
+    try:
+        if targets.json_path is not None:
+            sinks.append(JsonlSink(targets.json_path))
+        bootstrap = targets.kafka_bootstrap or cfg.Kafka.bootstrap
+        if bootstrap:
+            security = kafka_security_kwargs(cfg.Kafka.model_copy(update={"bootstrap": bootstrap}))
+            sinks.append(KafkaSink(bootstrap, targets.kafka_topic or cfg.Kafka.topic, connect_timeout_s=cfg.Kafka.connect_timeout_s,
+                                   extra=security, require_broker=not servers_may_be_down))
+        redis_url = targets.redis_url or cfg.Redis.url
+        if redis_url:
+            auth = redis_auth_kwargs(cfg.Redis.model_copy(update={"url": redis_url}))
+            sinks.append(RedisSink(redis_url, history_len=cfg.Redis.history_len, ttl_s=cfg.Redis.ttl_s, key_prefix=cfg.Redis.key_prefix,
+                                   require_server=not servers_may_be_down, **auth))
+    except BaseException:
+        for sink in sinks:
+            sink.abort()
+        raise
+    return sinks
+
+
+def result_run_id(run_id: str, incarnation: int) -> str:
+    """The ``run_id`` the results (and the Kafka spool folder) of one inference worker carry: the run's id, and
+    ``<run>.<n>`` for its n-th restart, so that a consumer's (run_id, stream_id, seq) never repeats."""
+    return run_id if incarnation == 0 else f"{run_id}.{incarnation}"
+
+
+def spool_base(kafka: Any) -> Path:
+    """The folder under which Kafka spool folders go: ``Kafka.spool_dir``, or the system's temp dir."""
+    return Path(kafka.spool_dir) if kafka.spool_dir else Path(tempfile.gettempdir())
+
+
+def open_service_sinks(cfg: VidrecConfig, *, run_id: str, incarnation: int, queue_size: int, close_timeout_s: float,
+                       on_first_written: Callable[[FrameResult], None] | None = None) -> list[ThreadedSink]:
+    """The service's sinks, each writing from a thread of its own. ``on_first_written`` is called for every
+    result the first sink (Kafka when configured) accepted; for Kafka, when the broker acknowledged it."""
+    # A restarted worker must come up even while a broker is down (its spool waits for it).
+    sinks = open_sinks(cfg, servers_may_be_down=incarnation > 0)
+    wrapped: list[ThreadedSink] = []
+    try:
+        for i, sink in enumerate(sinks):
+            on_written = on_first_written if i == 0 else None
+            if isinstance(sink, KafkaSink):
+                sink.flush_timeout_s = close_timeout_s
+                wrapped.append(_spooled(sink, cfg, run_id=run_id, incarnation=incarnation, on_written=on_written))
+            else:
+                wrapped.append(AsyncSink(sink, name=_sink_name(sink), max_queue=queue_size, on_written=on_written))
+    except BaseException:
+        for sink in wrapped:
+            sink.abort()
+        for sink in sinks[len(wrapped):]:
+            sink.abort()
+        raise
+    return wrapped
+
+
+def _spooled(sink: KafkaSink, cfg: VidrecConfig, *, run_id: str, incarnation: int,
+             on_written: Callable[[FrameResult], None] | None) -> SpooledSink:
+    """Kafka publishes at least once through a memory+disk spool (disk when ``Kafka.spool_max_bytes`` > 0)."""
+    k = cfg.Kafka
+    directory, adopt = None, []
+    if k.spool_max_bytes > 0:
+        directory = spool_dir(spool_base(k), result_run_id(run_id, incarnation))
+        # A restarted worker takes over what its dead predecessors had spooled on disk.
+        adopt = [d for d in spool_dirs_of_run(spool_base(k), run_id) if d != directory]
+    segment = max(64 * 1024, min(4 * 1024 * 1024, k.spool_max_bytes // 4))
+    spool = Spool(k.spool_memory_results, directory, disk_max_bytes=k.spool_max_bytes, segment_bytes=segment, adopt=adopt)
+    if spool.adopted:
+        log.warning("kafka spool: %d result(s) a previous inference worker left on disk go out first", spool.adopted)
+    return SpooledSink(sink, name="kafka", spool=spool, batch_max=min(500, k.spool_memory_results // 2),
+                       on_written=on_written)
+
+
+def _sink_name(sink: Any) -> str:
+    name = type(sink).__name__.removesuffix("Sink").lower()
+    return name or type(sink).__name__
