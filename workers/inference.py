@@ -25,9 +25,9 @@ batcher, run the batch that is due, release the batch's slots, hand the results 
 
 Control (from the supervisor; messages in workers/messages.py): ``StreamAdded`` (the plan: live or file,
 clock stamp), ``SetStreamState``, ``Drain`` (the ingest processes have stopped: process every frame still on
-the queue, close the sinks, report, exit). Reports: ``InferenceReady`` / ``InferenceFatal`` at start, ``InferenceStats`` every
-``stats_interval_s``, ``StreamFinished`` when a stream's end-of-stream came and its last frame was handed to the
-sinks, ``InferenceExited`` with the final counters.
+the queue, close the sinks, report, exit). Reports: ``InferenceReady`` / ``InferenceFatal`` at start,
+``InferenceStats`` every ``stats_interval_s``, ``StreamFinished`` when a stream's end-of-stream came and its last
+frame was handed to the sinks, ``InferenceExited`` with the final counters.
 """
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ from stream.sinks.async_sink import AsyncSink
 from stream.sinks.kafka import KafkaSink
 from stream.sinks.spool import Spool, spool_dir, spool_dirs_of_run
 from stream.sinks.spooled import SpooledSink
+from stream.states import StreamState
 from stream.transport import EndOfStream, FrameConsumer, FrameLease, ProducerDiedError, StreamCounters
 from workers.batcher import Batcher
 from workers.metrics import (
@@ -62,7 +63,6 @@ from workers.metrics import (
     WAIT_BUCKETS_S,
     Histogram,
 )
-from stream.states import StreamState
 from workers.counters import Drop
 from workers.messages import (
     Drain,
