@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from stream.live_options import LiveOptions
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=False)
@@ -172,21 +174,31 @@ class RedisSection(Section):
         return self
 
 
-class LiveSection(Section):
-    """vidrec: how live sources (RTSP cameras) connect, time out and reconnect (stream/live.py LiveOptions)."""
+_LIVE = LiveOptions()  # the defaults (and, in ``options()``, the checks) are stream/live_options.py's
 
-    open_timeout_s: float = Field(5.0, gt=0, le=300, description="Connect + probe timeout per attempt.")
-    read_timeout_s: float = Field(3.0, gt=0, le=300, description="A read with no data for this long ends the connection (a silent server).")
-    stall_after_s: float = Field(2.0, gt=0, le=300, description="No frame for this long: the stream is 'stalled' (watchdog).")
-    first_frame_timeout_s: float = Field(5.0, gt=0, le=300, description="Per connection: no decodable frame this long after connecting gives it up.")
-    backoff_initial_s: float = Field(0.5, gt=0, le=300, description="First reconnect delay; doubles per failed attempt.")
-    backoff_max_s: float = Field(5.0, gt=0, le=3600, description="Longest reconnect delay.")
+
+class LiveSection(Section):
+    """vidrec: how live sources (RTSP cameras) connect, time out and reconnect: ``LiveOptions``
+    (stream/live_options.py) holds the defaults and the checks; here, the range a config may set."""
+
+    open_timeout_s: float = Field(_LIVE.open_timeout_s, gt=0, le=300, description="Connect + probe timeout per attempt.")
+    read_timeout_s: float = Field(_LIVE.read_timeout_s, gt=0, le=300, description="A read with no data for this long ends the connection (a silent server).")
+    stall_after_s: float = Field(_LIVE.stall_after_s, gt=0, le=300, description="No frame for this long: the stream is 'stalled' (watchdog).")
+    first_frame_timeout_s: float = Field(_LIVE.first_frame_timeout_s, gt=0, le=300, description="Per connection: no decodable frame this long after connecting gives it up.")
+    backoff_initial_s: float = Field(_LIVE.backoff_initial_s, gt=0, le=300, description="First reconnect delay; doubles per failed attempt.")
+    backoff_max_s: float = Field(_LIVE.backoff_max_s, gt=0, le=3600, description="Longest reconnect delay.")
 
     @model_validator(mode="after")
-    def _backoff_order(self) -> "LiveSection":
-        if self.backoff_max_s < self.backoff_initial_s:
-            raise ValueError(f"backoff_max_s ({self.backoff_max_s}) must be >= backoff_initial_s ({self.backoff_initial_s})")
+    def _valid_options(self) -> "LiveSection":
+        self.options()  # LiveOptions' own checks (the backoff's order): one line naming the keys
         return self
+
+    def options(self) -> LiveOptions:
+        """These settings as the live source's options (the rest: LiveOptions' defaults)."""
+        try:
+            return LiveOptions(**self.model_dump())
+        except ValueError as exc:
+            raise ValueError(str(exc).removeprefix("LiveOptions.")) from None
 
 
 class ServiceSection(Section):

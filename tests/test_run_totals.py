@@ -142,3 +142,31 @@ def test_service_counters_and_labels_add_up_across_inference_restarts() -> None:
 def test_histograms_merge_bucket_by_bucket(a, b, merged) -> None:
     result = merge_hist(a, b)
     assert (result.counts, result.total) == merged
+
+
+def test_the_stream_view_keeps_the_api_s_keys_and_names_each_drop_once() -> None:
+    totals = RunTotals()
+    totals.ingest_report("cam", ingest(20, written=15, taken=15, every_nth=3, source=2, overwritten=1))
+    totals.inference_report(stats({"cam": inference(11, backlog=2, too_old=1, errors=1)}, published={"cam": 10}))
+    entry = StreamEntry(plan=plan(), ingest=1)
+    view = views.stream_view(entry, totals, ["kafka", "redis"])
+    assert list(view) == ["id", "url", "kind", "every_nth", "state", "reason", "since", "removing", "ingest_process",
+                          "last_frame_age_s", "frame_count", "counters", "sinks", "latency_ms", "warnings",
+                          "last_latency_ms"]
+    assert (view["kind"], view["state"], view["ingest_process"]) == ("live", "starting", 1)
+    assert view["counters"] == {
+        "decoded": 20, "skipped": 3, "dropped_source": 2, "reconnects": 0, "decode_errors": 0, "written": 15,
+        "taken": 15, "dropped_ring": {"closed": 0, "overwritten": 1, "ring_in_use": 0}, "dropped_backlog": 2,
+        "dropped_too_old": 1, "inference_errors": 1, "processed": 11, "published": {"kafka": 10, "redis": 0},
+    }
+    # /metrics: the same numbers, under the drop reasons' own names
+    assert views.stream_metrics(entry, totals).dropped == {
+        "every_nth": 3, "source": 2, "overwritten": 1, "ring_in_use": 0, "closed": 0, "backlog": 2, "too_old": 1,
+        "inference_error": 1,
+    }
+
+
+def test_before_any_report_a_stream_shows_zeros_and_no_ring() -> None:
+    view = views.stream_view(StreamEntry(plan=plan(), ingest=0), RunTotals(), ["kafka"])
+    assert view["counters"]["dropped_ring"] == {} and view["counters"]["decoded"] == 0
+    assert view["frame_count"] is None and view["last_frame_age_s"] is None and view["latency_ms"] == {}

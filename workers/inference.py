@@ -28,9 +28,9 @@ to the sinks, repeat.
 
 Control (from the supervisor; messages in workers/messages.py): ``StreamAdded`` (the plan: live or file,
 clock stamp), ``SetStreamState``, ``Drain`` (the ingest processes have stopped: process every frame still on
-the queue, close the sinks, report, exit). Reports: ``InferenceReady`` / ``InferenceFatal`` at start, ``InferenceStats`` every
-``stats_interval_s``, ``StreamFinished`` when a stream's end-of-stream came and its last frame was handed to the
-sinks, ``InferenceExited`` with the final counters.
+the queue, close the sinks, report, exit). Reports: ``InferenceReady`` / ``InferenceFatal`` at start,
+``InferenceStats`` every ``stats_interval_s``, ``StreamFinished`` when a stream's end-of-stream came and its last
+frame was handed to the sinks, ``InferenceExited`` with the final counters.
 """
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ from config import ConfigError, VidrecConfig
 from models.errors import GalleryError, ModelError
 from stream.errors import SinkError, SourceError
 from stream.latency import LatencyWindow
+from stream.states import StreamState
 from stream.transport import EndOfStream, FrameConsumer, FrameLease, ProducerDiedError, StreamCounters
 from workers.batcher import Batcher
 from workers.metrics import (
@@ -58,7 +59,6 @@ from workers.metrics import (
     WAIT_BUCKETS_S,
     Histogram,
 )
-from stream.states import StreamState
 from workers.counters import Drop
 from workers.messages import (
     Drain,

@@ -36,7 +36,7 @@ from dataclasses import replace
 from typing import Any
 
 from stream.errors import SourceError
-from stream.live import LiveOptions, LiveSource
+from stream.live import LiveSource
 from stream.sources import open_source
 from stream.states import StreamKind, StreamState
 from stream.transport import FrameProducer, StreamCounters, TransportError
@@ -158,7 +158,7 @@ class _StreamRunner:
 
     def _run_live(self, producer: FrameProducer) -> None:
         plan = self.plan
-        source = LiveSource(plan.url, stream_id=plan.id, options=LiveOptions(**self._settings.live),
+        source = LiveSource(plan.url, stream_id=plan.id, options=self._settings.live.options(),
                             on_state=self._on_live_state)
         with self._lock:
             self._source = source

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from config import VidrecConfig
+from config.schema import LiveSection
 from stream.states import StreamState
 from stream.transport import StreamCounters
 from workers.metrics import Histogram
@@ -29,14 +30,14 @@ class IngestSettings:
     max_frame_bytes: int
     stats_interval_s: float
     drain_timeout_s: float
-    live: dict[str, float]  # LiveOptions keyword arguments (LiveOptions itself holds an unpicklable mapping)
+    live: LiveSection  # its ``options()`` (LiveOptions itself holds an unpicklable mapping)
 
     @classmethod
     def from_config(cls, cfg: VidrecConfig, run_id: str) -> "IngestSettings":
         svc = cfg.Service
         return cls(run_id=run_id, slots=svc.slots_per_stream, max_frame_bytes=svc.max_frame_bytes,
                    stats_interval_s=svc.stats_interval_s, drain_timeout_s=svc.drain_timeout_s,
-                   live=svc.live.model_dump())
+                   live=svc.live)
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,7 @@ or a worker failed).
 """
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import multiprocessing as mp
@@ -102,6 +103,15 @@ log = logging.getLogger("vidrec")
 __all__ = ["ServiceError", "Supervisor"]
 
 
+class Phase(enum.StrEnum):
+    """Where the service is in its life (``/healthz`` says ``ok`` while serving, else this)."""
+
+    STARTING = "starting"
+    SERVING = "serving"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
 class ServiceError(Exception):
     """The service cannot start or go on (a worker failed to start, the HTTP address is taken...): one line."""
 
@@ -129,7 +139,7 @@ class Supervisor:
         self._totals = RunTotals()
         self._stop = threading.Event()
         self._abort = False
-        self._phase = "starting"  # starting | serving | draining | stopped
+        self._phase = Phase.STARTING
         self._exit_code = 0
         self._failure: str | None = None
         self._inference: Child | None = None
@@ -181,7 +191,7 @@ class Supervisor:
             with self._lock:
                 for plan in self._initial:
                     self._add(plan)
-                self._phase = "serving"
+                self._phase = Phase.SERVING
             log.info("serving %d stream(s) with %d ingest process(es) (run %s)",
                      len(self._initial), len(self._ingest), self.run_id)
             while not self._stop.is_set():
@@ -261,7 +271,7 @@ class Supervisor:
     def _finish(self) -> int:
         """Drain and stop every child; log the final counters; returns the exit code."""
         with self._lock:
-            self._phase = "draining"
+            self._phase = Phase.DRAINING
         abort = self._abort
         started = time.monotonic()
         for child in self._ingest:
@@ -302,7 +312,7 @@ class Supervisor:
             final["failure"] = self._failure
         log.info("final: %s", json.dumps(final, separators=(",", ":"), default=str))
         with self._lock:
-            self._phase = "stopped"
+            self._phase = Phase.STOPPED
         log.info("stopped after %.1fs of draining", time.monotonic() - started)
         return self._exit_code
 
@@ -382,7 +392,7 @@ class Supervisor:
                 self._set_failure(f"inference worker could not start again: {self._fatal}: stopping")
             elif isinstance(decision, GiveUp):
                 self._set_failure(f"inference worker died (exit code {code}) {decision.deaths} times in a row: stopping")
-            if self._failure is not None or self._phase != "serving":
+            if self._failure is not None or self._phase is not Phase.SERVING:
                 if self._failure is None:
                     self._set_failure(f"inference worker died (exit code {code}) while {self._phase}: stopping")
                 self._abort = True
@@ -553,7 +563,7 @@ class Supervisor:
         with self._lock:
             stats = self._totals.service()
             return {
-                "status": "ok" if self._phase == "serving" else self._phase,
+                "status": "ok" if self._phase is Phase.SERVING else self._phase.value,
                 "run_id": self.run_id,
                 "streams": len(self._streams),
                 "states": self._streams.state_counts(),
@@ -593,7 +603,7 @@ class Supervisor:
         except ValueError as exc:
             raise Invalid(str(exc)) from None
         with self._lock:
-            if self._phase != "serving":
+            if self._phase is not Phase.SERVING:
                 raise Unavailable(f"service is {self._phase}: streams cannot be added now")
             self._streams.check_room(plan.id)
             return views.stream_view(self._add(plan), self._totals, self._sink_names)
@@ -601,7 +611,7 @@ class Supervisor:
     def remove_stream(self, stream_id: str) -> dict[str, Any]:
         with self._lock:
             entry = self._entry(stream_id)
-            if self._phase != "serving":
+            if self._phase is not Phase.SERVING:
                 raise Unavailable(f"service is {self._phase}: streams cannot be removed now")
             if not entry.removing:
                 entry.removing = True
