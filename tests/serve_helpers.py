@@ -30,6 +30,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def services(*args: str) -> str:
+    """``scripts/services ARGS``, e.g. ``services("stop", "kafka")`` for an outage; its stdout (``status``'s
+    ``NAME=value`` lines). Fails the test when the script does."""
+    done = subprocess.run([str(REPO / "scripts" / "services"), *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, f"scripts/services {' '.join(args)} failed:\n{done.stderr[-2000:]}"
+    return done.stdout
+
+
 @dataclass(frozen=True)
 class Response:
     status: int
