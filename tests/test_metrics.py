@@ -19,6 +19,7 @@ from stream.messages import FrameResult
 from stream.sinks.async_sink import AsyncSink
 from workers import metrics as m
 from workers.snapshots import SnapshotEncoder, SnapshotStore, encode_snapshot
+from tests.prometheus_helpers import metric_samples
 
 
 def test_histogram_buckets_are_inclusive_upper_bounds() -> None:
@@ -72,8 +73,7 @@ def _exposition() -> str:
 
 def test_exposition_has_the_documented_names_and_values() -> None:
     text = _exposition()
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for family in text_string_to_metric_families(text) for s in family.samples}
+    samples = metric_samples(text)
     assert samples[("vidrec_stream_state", (("state", "stalled"), ("stream", "cam-1")))] == 1
     assert samples[("vidrec_stream_state", (("state", "live"), ("stream", "cam-1")))] == 0
     assert samples[("vidrec_frames_dropped_total", (("reason", "backlog"), ("stream", "cam-1")))] == 4

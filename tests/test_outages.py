@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.prometheus_helpers import metric_samples
 from tests.serve_helpers import ServeProcess, free_port, services, wait_for
 
 OUTAGE_S = 30.0
@@ -49,8 +49,7 @@ def scrape(serve: ServeProcess) -> dict[tuple[str, tuple], float]:
 
     with urllib.request.urlopen(serve.base + "/metrics", timeout=10) as response:
         text = response.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return metric_samples(text)
 
 
 def spooled(serve: ServeProcess) -> dict[str, float]:

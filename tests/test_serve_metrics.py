@@ -11,9 +11,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.cli_helpers import run_vidrec, sample_gallery
+from tests.prometheus_helpers import metric_samples
 from tests.serve_helpers import ServeProcess, TopicReader, free_port, wait_for
 
 TOKEN = "metrics-token-" + uuid.uuid4().hex
@@ -37,8 +37,7 @@ def get(base: str, path: str, *, token: str | None = None, header: bool = True) 
 def scrape(base: str) -> dict[tuple[str, tuple], float]:
     status, body, headers = get(base, "/metrics", token=TOKEN)
     assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(body.decode()) for s in family.samples}
+    return metric_samples(body.decode())
 
 
 @pytest.mark.timeout(300)
