@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from tests.lite0 import read_rgb
+from tests.media import fetched_media
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -79,9 +80,7 @@ def bikes_mp4() -> Path:
 @pytest.fixture(scope="session")
 def vtest_avi() -> Path:
     """Real pedestrian footage from Debian's opencv-doc, fetched by scripts/fetch-media."""
-    path = REPO / ".cache" / "media" / "vtest.avi"
-    assert path.is_file(), f"{path} missing: run scripts/fetch-media"
-    return path
+    return fetched_media("vtest.avi")
 
 
 # Fixtures that stand for a running service: a test using any of them (directly or through another
