@@ -62,6 +62,12 @@ class ServeProcess:
             cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
         )
 
+    def __enter__(self) -> "ServeProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
     def log_text(self) -> str:
         return self.log_path.read_text()
 
@@ -138,6 +144,12 @@ class TopicReader:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
+
+    def __enter__(self) -> "TopicReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():

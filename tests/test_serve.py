@@ -170,9 +170,8 @@ def test_cameras_and_a_file_outage_api_and_drain(
 
 def test_api_refuses_bad_requests(tmp_path: Path, bikes_mp4: Path) -> None:
     port = free_port()
-    serve = ServeProcess(["--stream", f"file={bikes_mp4}", "-o", "Service.ingest_processes=1"],
-                         log_path=tmp_path / "serve.log", http_port=port, env={"VIDREC_API_TOKEN": TOKEN})
-    try:
+    with ServeProcess(["--stream", f"file={bikes_mp4}", "-o", "Service.ingest_processes=1"],
+                      log_path=tmp_path / "serve.log", http_port=port, env={"VIDREC_API_TOKEN": TOKEN}) as serve:
         wait_for(serve.healthy, 120, f"healthy service (needs {MODEL_ENV_HINT})")
         cases = [
             # (method, path, body or raw bytes, expected status, fragment of the error)
@@ -200,8 +199,6 @@ def test_api_refuses_bad_requests(tmp_path: Path, bikes_mp4: Path) -> None:
         assert serve.terminate() == 0
         final = serve.final()
         assert final["streams"][0]["counters"]["processed"] == 250  # no sink: computed and counted
-    finally:
-        serve.kill()
 
 
 @pytest.mark.parametrize(
@@ -213,16 +210,13 @@ def test_api_refuses_bad_requests(tmp_path: Path, bikes_mp4: Path) -> None:
 )
 def test_without_a_token_changes_are_open_only_on_loopback(tmp_path: Path, bikes_mp4: Path, http_host: str,
                                                             status: int) -> None:
-    serve = ServeProcess(["--stream", f"file={bikes_mp4}", "-o", "Service.ingest_processes=1"],
-                         log_path=tmp_path / "serve.log", http_port=free_port(), http_host=http_host)
-    try:
+    with ServeProcess(["--stream", f"file={bikes_mp4}", "-o", "Service.ingest_processes=1"],
+                      log_path=tmp_path / "serve.log", http_port=free_port(), http_host=http_host) as serve:
         wait_for(serve.healthy, 120, f"healthy service (needs {MODEL_ENV_HINT})")
         response = serve.api("POST", "/streams", {"id": "again", "url": str(bikes_mp4), "every_nth": 50})
         assert response.status == status, response
         assert (set(serve.streams()) == {"file", "again"}) == (status == 201)
         assert serve.terminate() == 0
-    finally:
-        serve.kill()
 
 
 @pytest.mark.parametrize(
