@@ -19,9 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.polling import wait_for
 from tests.serve_helpers import free_port
+
+
+# (metric name, sorted (label, value) pairs) -> value: one scrape, for looking samples up by name and labels.
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def metric_samples(text: str) -> Samples:
+    """Every sample of a /metrics text (histograms give their _bucket, _sum and _count samples)."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def tool(name: str) -> str:

@@ -30,6 +30,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def services(*args: str) -> str:
+    """``scripts/services ARGS``, e.g. ``services("stop", "kafka")`` for an outage; its stdout (``status``'s
+    ``NAME=value`` lines). Fails the test when the script does."""
+    done = subprocess.run([str(REPO / "scripts" / "services"), *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, f"scripts/services {' '.join(args)} failed:\n{done.stderr[-2000:]}"
+    return done.stdout
+
+
 @dataclass(frozen=True)
 class Response:
     status: int
@@ -52,6 +61,12 @@ class ServeProcess:
             [sys.executable, "-m", "workers.cli", "serve", *args, "--http", f"{http_host}:{http_port}"],
             cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
         )
+
+    def __enter__(self) -> "ServeProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
 
     def log_text(self) -> str:
         return self.log_path.read_text()
@@ -129,6 +144,12 @@ class TopicReader:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
+
+    def __enter__(self) -> "TopicReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -230,6 +230,7 @@ def fnmatch_dockerignore(path: str) -> list[str]:
     return [p for p in patterns if fnmatch.fnmatch(path, p) or fnmatch.fnmatch(path, p.removeprefix("**/"))]
 
 
+@pytest.mark.services  # promtool: Debian's prometheus package, installed by scripts/setup --test
 def test_prometheus_config_is_valid_and_scrapes_vidrec() -> None:
     promtool = shutil.which("promtool")
     assert promtool, "promtool missing: scripts/setup --test installs Debian's prometheus"
@@ -247,7 +248,7 @@ def test_prometheus_config_is_valid_and_scrapes_vidrec() -> None:
 
 @pytest.mark.timeout(300)
 def test_start_script_builds_the_gallery_and_serves(tmp_path: Path, model_dir: Path, kafka_bootstrap: str,
-                                                    redis_url: str, bikes_rtsp: str) -> None:
+                                                    redis_url: str, rtsp_base: str) -> None:
     """docker/vidrec-start.sh with docker/vidrec.yaml, its hosts pointed at the test services."""
     config = yaml.safe_load((REPO / "docker" / "vidrec.yaml").read_text())
     port = free_port()
@@ -258,7 +259,7 @@ def test_start_script_builds_the_gallery_and_serves(tmp_path: Path, model_dir: P
     # The container's /app is the repo: its gallery root /app/samples/gallery is the repo's samples/gallery.
     assert config["Service"]["gallery_image_root"] == "/app/samples/gallery"
     config["Service"].update(http_host="127.0.0.1", http_port=port, gallery_image_root=str(REPO / "samples" / "gallery"))
-    config["streams"][0]["url"] = bikes_rtsp
+    config["streams"][0]["url"] = f"{rtsp_base}/bikes"
     index_dir = tmp_path / "sample_index"
     config["IndexProcess"]["index_dir"] = str(index_dir)
     config_path = tmp_path / "vidrec.yaml"
@@ -293,10 +294,3 @@ def test_start_script_builds_the_gallery_and_serves(tmp_path: Path, model_dir: P
             proc.wait(10)
     log = log_path.read_text()
     assert "built 3 entries" in log and "vidrec: final: " in log, log[-3000:]
-
-
-@pytest.fixture
-def bikes_rtsp() -> str:
-    base = os.environ.get("RTSP_BASE")
-    assert base, 'RTSP_BASE is not set: start the services with `set -a; eval "$(scripts/services up)"; set +a`'
-    return f"{base}/bikes"

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import re
 import subprocess
 import urllib.request
@@ -318,13 +317,6 @@ def get_text(url: str) -> str:
     with urllib.request.urlopen(url, timeout=10) as response:
         assert response.status == 200
         return response.read().decode()
-
-
-@pytest.fixture(scope="module")
-def rtsp_base() -> str:
-    value = os.environ.get("RTSP_BASE")
-    assert value, 'RTSP_BASE is not set: start the services with `set -a; eval "$(scripts/services up)"; set +a`'
-    return value.rstrip("/")
 
 
 @pytest.mark.timeout(480)

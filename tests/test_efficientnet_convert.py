@@ -9,7 +9,6 @@ import json
 import shutil
 from pathlib import Path
 
-import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -27,30 +26,15 @@ from models.export.efficientnet_lite import (
 )
 from models.export.torch_pickle import load_state_dict
 from models.preprocess_rec import build_rec_preprocess, preprocess_batch
+from tests.lite0 import LITE0_OPS, read_rgb
 
-LITE0_OPS = [
-    {"ResizeImage": {"size": 224}},
-    {"NormalizeImage": {"scale": 1.0, "mean": [127, 127, 127], "std": [128, 128, 128], "order": "hwc"}},
-    {"ToCHWImage": None},
-]
 DOG_CLASSES = set(range(151, 269))
 BUS_CLASSES = {779, 874, 654}  # school bus, trolleybus, minibus
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return convert_efficientnet_lite0(default_weights_path(), tmp_path_factory.mktemp("lite0"))
-
-
-@pytest.fixture(scope="module")
-def session(converted: Path) -> ort.InferenceSession:
-    return ort.InferenceSession(str(converted), providers=["CPUExecutionProvider"])
-
-
-def _rgb(path: Path) -> np.ndarray:
-    bgr = cv2.imread(str(path))
-    assert bgr is not None, f"cannot read {path}"
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+def session(lite0_onnx: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(lite0_onnx), providers=["CPUExecutionProvider"])
 
 
 def _run(session: ort.InferenceSession, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -59,14 +43,14 @@ def _run(session: ort.InferenceSession, images: list[np.ndarray]) -> tuple[np.nd
     return embedding, logits
 
 
-def test_files_written_and_valid(converted: Path) -> None:
-    assert converted.name == "inference.onnx"
-    onnx.checker.check_model(str(converted))
-    source = json.loads((converted.parent / "source.json").read_text())
+def test_files_written_and_valid(lite0_onnx: Path) -> None:
+    assert lite0_onnx.name == "inference.onnx"
+    onnx.checker.check_model(str(lite0_onnx))
+    source = json.loads((lite0_onnx.parent / "source.json").read_text())
     assert source["source_sha256"] == EFFICIENTNET_LITE0_PTH_SHA256
     assert source["converter_version"] == CONVERTER_VERSION
-    assert not list(converted.parent.glob("*.tmp"))  # atomic writes leave nothing behind
-    model = onnx.load(str(converted))
+    assert not list(lite0_onnx.parent.glob("*.tmp"))  # atomic writes leave nothing behind
+    model = onnx.load(str(lite0_onnx))
     dims = model.graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_param == "N" and [d.dim_value for d in dims[1:]] == [3, 224, 224]
 
@@ -81,14 +65,14 @@ def test_packaged_weights_match_the_pinned_checksum() -> None:
 
 
 def test_dog_photo_is_a_dog(session: ort.InferenceSession, photos_dir: Path) -> None:
-    embedding, logits = _run(session, [_rgb(photos_dir / "dog.jpg")])
+    embedding, logits = _run(session, [read_rgb(photos_dir / "dog.jpg")])
     assert embedding.shape == (1, 1280) and embedding.dtype == np.float32
     assert logits.shape == (1, 1000)
     assert int(np.argmax(logits[0])) in DOG_CLASSES
 
 
 def test_bus_photo_and_bus_crop_are_buses(session: ort.InferenceSession, photos_dir: Path) -> None:
-    whole = _rgb(photos_dir / "bus.jpg")
+    whole = read_rgb(photos_dir / "bus.jpg")
     crop = whole[230:730, 0:810]  # the bus body, without the street below it
     _, logits = _run(session, [whole, crop])
     top1 = [int(i) for i in np.argmax(logits, axis=1)]
@@ -99,7 +83,7 @@ def test_bus_photo_and_bus_crop_are_buses(session: ort.InferenceSession, photos_
 
 
 def test_batch_equals_single_runs(session: ort.InferenceSession, photos_dir: Path) -> None:
-    images = [_rgb(photos_dir / name) for name in ("dog.jpg", "bus.jpg", "zidane.jpg")]
+    images = [read_rgb(photos_dir / name) for name in ("dog.jpg", "bus.jpg", "zidane.jpg")]
     batched, _ = _run(session, images)
     singles = np.concatenate([_run(session, [img])[0] for img in images])
     assert batched.shape == (3, 1280)

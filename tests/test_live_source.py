@@ -7,10 +7,8 @@ open) and /audio (no video). One test stops and restarts the server with ``scrip
 """
 from __future__ import annotations
 
-import os
 import select
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -26,15 +24,9 @@ from stream.frames import Frame
 from stream.live import LiveOptions, LiveSource, StreamState
 from stream.sources import open_source
 from tests.polling import wait_for
+from tests.serve_helpers import free_port, services
 
 NOW_MS = 1_764_000_000_123  # late 2025, a realistic stamp
-
-
-@pytest.fixture(scope="session")
-def rtsp_base() -> str:
-    value = os.environ.get("RTSP_BASE")
-    assert value, 'RTSP_BASE is not set: start the services with `set -a; eval "$(scripts/services up)"; set +a`'
-    return value.rstrip("/")
 
 
 # ---------------------------------------------------------------------------------------------- helpers -------
@@ -69,13 +61,6 @@ class StateLog:
     def reason_of(self, state: StreamState) -> str | None:
         with self._lock:
             return next((reason for _, new, reason in self.changes if new is state), None)
-
-
-def services(repo_dir: Path, *args: str) -> str:
-    done = subprocess.run([str(repo_dir / "scripts" / "services"), *args], cwd=repo_dir, capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0, f"scripts/services {' '.join(args)} failed:\n{done.stderr[-2000:]}"
-    return done.stdout
 
 
 def median_step(values: list[float]) -> float:
@@ -240,22 +225,22 @@ def test_real_footage_streams(rtsp_base: str, mount: str, shape: tuple[int, int,
     assert all(decode_clock(f.image_bgr) is None for f in frames), "no clock stamp read out of real footage"
 
 
-def test_server_stop_and_start_reconnects(rtsp_base: str, repo_dir: Path) -> None:
-    status = services(repo_dir, "status")
+def test_server_stop_and_start_reconnects(rtsp_base: str) -> None:
+    status = services("status")
     assert f"RTSP_BASE={rtsp_base}" in status.splitlines(), (
         f"RTSP_BASE={rtsp_base} is not the server scripts/services runs ({status!r})")
     log = StateLog()
     source = LiveSource(f"{rtsp_base}/clock", options=LiveOptions(max_pending=256), on_state=log)
     try:
         before = take(source, 5)
-        services(repo_dir, "stop", "rtsp")
+        services("stop", "rtsp")
         try:
             # Server gone: PyAV's loop ends without an exception; then connections are refused while it is down.
             wait_for(lambda: source.state is StreamState.RECONNECTING, 15, "reconnecting state after the server stopped")
             wait_for(lambda: source.stats().reconnects >= 1, 15, "retry while the server is down")
             assert source.state is StreamState.RECONNECTING
         finally:
-            services(repo_dir, "start", "rtsp")
+            services("start", "rtsp")
         back_at = time.monotonic()
         wait_for(lambda: source.state is StreamState.RUNNING, 30, "live state after the server came back")
         print(f"\nlive again {time.monotonic() - back_at:.1f}s after `scripts/services start rtsp` returned "
@@ -330,14 +315,8 @@ def test_password_never_in_messages() -> None:
     assert "s3cret" not in str(source.stats()) and "s3cret" not in repr(source)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_refused_connection_is_retried_not_failed() -> None:
-    url = f"rtsp://127.0.0.1:{_free_port()}/cam"
+    url = f"rtsp://127.0.0.1:{free_port()}/cam"
     options = LiveOptions(backoff_initial_s=0.05, backoff_max_s=0.2)
     with LiveSource(url, options=options) as source:
         wait_for(lambda: source.stats().reconnects >= 3, 15, "three retries of a refused connection")

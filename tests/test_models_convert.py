@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -16,12 +15,7 @@ from models.preprocess_rec import build_rec_preprocess, preprocess_batch
 from models.resolve import resolve_model_dir
 from models.runtime import RuntimeOptions, open_model
 from workers.models_convert import convert_paddle_to_onnx
-
-LITE0_OPS = [
-    {"ResizeImage": {"size": 224}},
-    {"NormalizeImage": {"scale": 1.0, "mean": [127, 127, 127], "std": [128, 128, 128], "order": "hwc"}},
-    {"ToCHWImage": None},
-]
+from tests.lite0 import LITE0_OPS, read_rgb
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +26,6 @@ def paddle_dir() -> Path:
 @pytest.fixture(scope="module")
 def converted(paddle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return convert_paddle_to_onnx(paddle_dir, tmp_path_factory.mktemp("onnx") / "lite0.onnx", opset=13)
-
-
-def _rgb(path: Path) -> np.ndarray:
-    bgr = cv2.imread(str(path))
-    assert bgr is not None, path
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def test_converted_model_is_valid_with_dynamic_batch(converted: Path) -> None:
@@ -53,7 +41,7 @@ def test_converted_model_is_valid_with_dynamic_batch(converted: Path) -> None:
 
 
 def test_onnx_runtime_agrees_with_paddle_at_batch_3(converted: Path, paddle_dir: Path, photos_dir: Path) -> None:
-    dog, bus, zidane = (_rgb(photos_dir / f"{n}.jpg") for n in ("dog", "bus", "zidane"))
+    dog, bus, zidane = (read_rgb(photos_dir / f"{n}.jpg") for n in ("dog", "bus", "zidane"))
     batch = preprocess_batch([dog, bus[230:730, 0:810], zidane[:, ::-1]], build_rec_preprocess(LITE0_OPS))
     assert batch.shape[0] == 3
     session = ort.InferenceSession(str(converted), providers=["CPUExecutionProvider"])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 import uuid
 from collections import defaultdict
@@ -17,17 +16,11 @@ from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.serve_helpers import ServeProcess, free_port, wait_for
+from tests.prometheus_helpers import metric_samples
+from tests.serve_helpers import ServeProcess, free_port, services, wait_for
 
 OUTAGE_S = 30.0
-
-
-def services(repo_dir: Path, *args: str) -> None:
-    done = subprocess.run([str(repo_dir / "scripts" / "services"), *args], cwd=repo_dir, capture_output=True,
-                          text=True, timeout=180)
-    assert done.returncode == 0, f"scripts/services {' '.join(args)} failed:\n{done.stderr[-2000:]}"
 
 
 def read_topic(bootstrap: str, topic: str, *, quiet_s: float = 3.0, timeout_s: float = 120.0) -> list[dict]:
@@ -56,8 +49,7 @@ def scrape(serve: ServeProcess) -> dict[tuple[str, tuple], float]:
 
     with urllib.request.urlopen(serve.base + "/metrics", timeout=10) as response:
         text = response.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return metric_samples(text)
 
 
 def spooled(serve: ServeProcess) -> dict[str, float]:
@@ -75,20 +67,19 @@ def by_stream(messages: list[dict]) -> dict[tuple[str, str], list[int]]:
 
 
 @pytest.fixture
-def kafka_back(repo_dir: Path):
+def kafka_back():
     """Whatever happens in the test, the broker is running again afterwards."""
     yield
-    services(repo_dir, "start", "kafka")
+    services("start", "kafka")
 
 
 @pytest.mark.timeout(480)
 def test_kafka_down_for_30s_stalls_nothing_and_loses_nothing(
-    tmp_path: Path, repo_dir: Path, bikes_mp4: Path, kafka_bootstrap: str, kafka_back: None
+    tmp_path: Path, bikes_mp4: Path, rtsp_base: str, kafka_bootstrap: str, kafka_back: None
 ) -> None:
-    rtsp = os.environ["RTSP_BASE"].rstrip("/")
     topic = f"vidrec-outage-{uuid.uuid4().hex[:8]}"
     serve = ServeProcess(
-        ["--stream", f"clock={rtsp}/clock", "--stream", f"vtest={rtsp}/vtest", "--stream", f"file={bikes_mp4}",
+        ["--stream", f"clock={rtsp_base}/clock", "--stream", f"vtest={rtsp_base}/vtest", "--stream", f"file={bikes_mp4}",
          "--kafka", kafka_bootstrap, "--topic", topic,
          # A small memory part, so the outage also goes through the disk segments.
          "-o", "Kafka.spool_memory_results=100", "-o", f"Kafka.spool_dir={tmp_path / 'spool'}",
@@ -101,7 +92,7 @@ def test_kafka_down_for_30s_stalls_nothing_and_loses_nothing(
                  "results of every stream acknowledged by Kafka")
         assert serve.streams()["file"]["state"] == "live", "the file must still be running when the broker goes"
 
-        services(repo_dir, "stop", "kafka")
+        services("stop", "kafka")
         down = time.monotonic()
         processed_at_stop = {sid: s["counters"]["processed"] for sid, s in serve.streams().items()}
         disk_seen = 0.0
@@ -116,7 +107,7 @@ def test_kafka_down_for_30s_stalls_nothing_and_loses_nothing(
         assert depth["memory"] + depth["disk"] > 100, f"results waiting in the spool: {depth}"
         assert disk_seen > 0, "the spool went to disk beyond its memory part"
 
-        services(repo_dir, "start", "kafka")
+        services("start", "kafka")
         wait_for(lambda: serve.stream("file")["state"] == "ended", 240, "the file read to its end")
         # The backlog goes out (the cameras keep adding a few results at a time, so "empty" is a moment).
         wait_for(lambda: (f := serve.stream("file")["counters"])["published"]["kafka"] == f["processed"], 180,
@@ -147,24 +138,23 @@ def test_kafka_down_for_30s_stalls_nothing_and_loses_nothing(
 
 @pytest.mark.timeout(300)
 def test_a_full_spool_drops_the_oldest_counts_them_and_the_gaps_match(
-    tmp_path: Path, repo_dir: Path, kafka_bootstrap: str, kafka_back: None
+    tmp_path: Path, rtsp_base: str, kafka_bootstrap: str, kafka_back: None
 ) -> None:
-    rtsp = os.environ["RTSP_BASE"].rstrip("/")
     topic = f"vidrec-overflow-{uuid.uuid4().hex[:8]}"
     serve = ServeProcess(
-        ["--stream", f"clock={rtsp}/clock", "--kafka", kafka_bootstrap, "--topic", topic,
+        ["--stream", f"clock={rtsp_base}/clock", "--kafka", kafka_bootstrap, "--topic", topic,
          "-o", "Kafka.spool_memory_results=20", "-o", "Kafka.spool_max_bytes=0"],  # memory only, 20 results
         log_path=tmp_path / "serve.log", http_port=free_port(),
     )
     try:
         wait_for(serve.healthy, 120, "healthy service (needs VIDREC_MODEL_DIR and scripts/services)")
         wait_for(lambda: serve.stream("clock")["counters"]["published"]["kafka"] >= 5, 90, "acknowledged results")
-        services(repo_dir, "stop", "kafka")
+        services("stop", "kafka")
         wait_for(lambda: serve.stream("clock")["sinks"]["kafka"]["dropped"] >= 20, 120, "results dropped from the full spool")
         view = serve.stream("clock")
         assert any("kafka" in w and "dropped" in w for w in view["warnings"]), view["warnings"]
         assert view["state"] == "live", "the camera itself is fine"
-        services(repo_dir, "start", "kafka")
+        services("start", "kafka")
         wait_for(lambda: serve.stream("clock")["sinks"]["kafka"]["written"] > view["sinks"]["kafka"]["written"] + 20,
                  180, "publishing again after the broker came back")
         assert serve.terminate() == 0, serve.log_text()[-4000:]
@@ -182,13 +172,12 @@ def test_a_full_spool_drops_the_oldest_counts_them_and_the_gaps_match(
 
 @pytest.mark.timeout(240)
 def test_a_silent_camera_is_caught_by_the_watchdog_while_the_other_goes_on(
-    tmp_path: Path, kafka_bootstrap: str
+    tmp_path: Path, rtsp_base: str, kafka_bootstrap: str
 ) -> None:
     """/stall sends for 2 s per session, then keeps the connection open and sends nothing (a paused camera)."""
-    rtsp = os.environ["RTSP_BASE"].rstrip("/")
     topic = f"vidrec-stall-{uuid.uuid4().hex[:8]}"
     serve = ServeProcess(
-        ["--stream", f"paused={rtsp}/stall", "--stream", f"clock={rtsp}/clock", "--kafka", kafka_bootstrap,
+        ["--stream", f"paused={rtsp_base}/stall", "--stream", f"clock={rtsp_base}/clock", "--kafka", kafka_bootstrap,
          "--topic", topic, "-o", "Service.live.stall_after_s=1.0", "-o", "Service.live.backoff_max_s=2"],
         log_path=tmp_path / "serve.log", http_port=free_port(),
     )
@@ -212,14 +201,13 @@ def test_a_silent_camera_is_caught_by_the_watchdog_while_the_other_goes_on(
 
 @pytest.mark.timeout(300)
 def test_what_a_killed_worker_spooled_on_disk_is_published_by_its_successor(
-    tmp_path: Path, repo_dir: Path, kafka_bootstrap: str, kafka_back: None
+    tmp_path: Path, rtsp_base: str, kafka_bootstrap: str, kafka_back: None
 ) -> None:
     import signal
 
-    rtsp = os.environ["RTSP_BASE"].rstrip("/")
     topic = f"vidrec-adopt-{uuid.uuid4().hex[:8]}"
     serve = ServeProcess(
-        ["--stream", f"clock={rtsp}/clock", "--kafka", kafka_bootstrap, "--topic", topic,
+        ["--stream", f"clock={rtsp_base}/clock", "--kafka", kafka_bootstrap, "--topic", topic,
          "-o", "Kafka.spool_memory_results=20", "-o", f"Kafka.spool_dir={tmp_path / 'spool'}",
          "-o", "Kafka.spool_max_bytes=67108864"],
         log_path=tmp_path / "serve.log", http_port=free_port(),
@@ -228,13 +216,13 @@ def test_what_a_killed_worker_spooled_on_disk_is_published_by_its_successor(
         wait_for(serve.healthy, 120, "healthy service (needs VIDREC_MODEL_DIR and scripts/services)")
         wait_for(lambda: serve.stream("clock")["counters"]["published"]["kafka"] >= 5, 90, "acknowledged results")
         run_id = serve.api("GET", "/healthz").body["run_id"]
-        services(repo_dir, "stop", "kafka")
+        services("stop", "kafka")
         wait_for(lambda: spooled(serve)["disk"] >= 40, 120, "results spooled on disk while the broker is down")
         victim = serve.api("GET", "/healthz").body["workers"]["inference"]
         os.kill(victim, signal.SIGKILL)
         wait_for(lambda: serve.api("GET", "/healthz").body["workers"]["inference"] not in (None, victim), 60,
                  "a new inference worker")
-        services(repo_dir, "start", "kafka")
+        services("start", "kafka")
         wait_for(lambda: "previous inference worker left on disk" in serve.log_text(), 60, "the old spool taken over")
         wait_for(lambda: serve.stream("clock")["counters"]["published"]["kafka"] > 0 and spooled(serve)["disk"] == 0,
                  180, "the taken-over spool published")

@@ -14,7 +14,6 @@ import sys
 import threading
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
@@ -27,13 +26,9 @@ from models.recognizer import Recognizer
 from models.resolve import resolve_model_dir
 from models.runtime import RuntimeOptions, open_model
 from models.runtime_paddle import PaddleModel
-from tests.test_torch_pickle import _write_zip_pth
+from tests.torch_zip import write_zip_pth
+from tests.lite0 import LITE0_OPS
 
-LITE0_OPS = [
-    {"ResizeImage": {"size": 224}},
-    {"NormalizeImage": {"scale": 1.0, "mean": [127, 127, 127], "std": [128, 128, 128], "order": "hwc"}},
-    {"ToCHWImage": None},
-]
 DOG_CLASSES = set(range(151, 269))
 BUS_CLASSES = {779, 874, 654}  # school bus, trolleybus, minibus
 PADDLE = RuntimeOptions(backend="paddle", num_threads=2)
@@ -50,16 +45,6 @@ def paddle_model() -> Path:
 @pytest.fixture(scope="module")
 def onnx_model() -> Path:
     return resolve_model_dir("efficientnet_lite0", needed=("inference.onnx",)) / "inference.onnx"
-
-
-@pytest.fixture(scope="module")
-def photos(photos_dir: Path) -> dict[str, np.ndarray]:
-    out = {}
-    for name in ("dog", "bus", "person", "zidane"):
-        bgr = cv2.imread(str(photos_dir / f"{name}.jpg"))
-        assert bgr is not None, name
-        out[name] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +158,7 @@ def test_wrong_shape_in_pth_names_the_key(tmp_path: Path) -> None:
         strides = tuple(int(np.prod(value.shape[i + 1 :], dtype=np.int64)) for i in range(value.ndim))
         tensors[key] = (value.reshape(-1), 0, value.shape, strides)
     pth = tmp_path / "wrong_shape.pth"
-    _write_zip_pth(pth, tensors)
+    write_zip_pth(pth, tensors)
     out = tmp_path / "out"
     with pytest.raises(ModelError, match=r"wrong_shape\.pth: key _blocks\.5\._depthwise_conv\.weight has shape \(144, 1, 3, 3\)"):
         export_efficientnet_lite0_paddle(out, pth_path=pth, expected_sha256=None)

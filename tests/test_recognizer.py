@@ -3,40 +3,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
 from models.errors import ModelError
-from models.export.efficientnet_lite import convert_efficientnet_lite0, default_weights_path
 from models.runtime import RuntimeOptions
 from models.recognizer import Recognizer
-
-LITE0_OPS = [
-    {"ResizeImage": {"size": 224}},
-    {"NormalizeImage": {"scale": 1.0, "mean": [127, 127, 127], "std": [128, 128, 128], "order": "hwc"}},
-    {"ToCHWImage": None},
-]
+from tests.lite0 import LITE0_OPS
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return convert_efficientnet_lite0(default_weights_path(), tmp_path_factory.mktemp("rec"))
-
-
-@pytest.fixture(scope="module")
-def recognizer(model_path: Path) -> Recognizer:
-    return Recognizer(model_path, LITE0_OPS, runtime=RuntimeOptions(num_threads=2))
-
-
-@pytest.fixture(scope="module")
-def photos(photos_dir: Path) -> dict[str, np.ndarray]:
-    out = {}
-    for name in ("dog", "bus", "person", "zidane"):
-        bgr = cv2.imread(str(photos_dir / f"{name}.jpg"))
-        assert bgr is not None
-        out[name] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    return out
+def recognizer(lite0_onnx: Path) -> Recognizer:
+    return Recognizer(lite0_onnx, LITE0_OPS, runtime=RuntimeOptions(num_threads=2))
 
 
 def test_rows_are_unit_norm(recognizer: Recognizer, photos: dict[str, np.ndarray]) -> None:
@@ -67,9 +45,9 @@ def test_flipped_crop_is_closer_to_itself_than_to_other_photos(recognizer: Recog
     assert all(same > other + 0.4 for other in others), (same, others)
 
 
-def test_chunking_does_not_change_results(model_path: Path, recognizer: Recognizer, photos: dict[str, np.ndarray]) -> None:
+def test_chunking_does_not_change_results(lite0_onnx: Path, recognizer: Recognizer, photos: dict[str, np.ndarray]) -> None:
     crops = [photos["dog"], photos["bus"][100:900, 50:700], photos["person"], photos["zidane"], photos["dog"][:300, :400]]
-    small = Recognizer(model_path, LITE0_OPS, runtime=RuntimeOptions(num_threads=1), max_batch=2)
+    small = Recognizer(lite0_onnx, LITE0_OPS, runtime=RuntimeOptions(num_threads=1), max_batch=2)
     np.testing.assert_allclose(small.embed(crops), recognizer.embed(crops), atol=1e-5)
 
 
@@ -78,6 +56,6 @@ def test_missing_model_is_a_model_error(tmp_path: Path) -> None:
         Recognizer(tmp_path / "nothing.onnx", LITE0_OPS)
 
 
-def test_bad_ops_fail_at_construction(model_path: Path) -> None:
+def test_bad_ops_fail_at_construction(lite0_onnx: Path) -> None:
     with pytest.raises(ValueError, match="unknown op 'Blur'"):
-        Recognizer(model_path, [{"Blur": None}])
+        Recognizer(lite0_onnx, [{"Blur": None}])

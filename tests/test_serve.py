@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import time
 import urllib.request
 import uuid
@@ -23,24 +22,11 @@ import redis
 
 from stream.messages import STREAM_STATES, load_schema
 from tests.cli_helpers import assert_one_line_error, run_vidrec, sample_gallery
-from tests.serve_helpers import ServeProcess, TopicReader, free_port, wait_for
+from tests.serve_helpers import ServeProcess, TopicReader, free_port, services, wait_for
 
 SCHEMA = load_schema()
 TOKEN = "test-token-" + uuid.uuid4().hex
 MODEL_ENV_HINT = "VIDREC_MODEL_DIR (the models) and a running scripts/services"
-
-
-@pytest.fixture(scope="module")
-def rtsp_base() -> str:
-    value = os.environ.get("RTSP_BASE")
-    assert value, 'RTSP_BASE is not set: start the services with `set -a; eval "$(scripts/services up)"; set +a`'
-    return value.rstrip("/")
-
-
-def services(repo_dir: Path, *args: str) -> None:
-    done = subprocess.run([str(repo_dir / "scripts" / "services"), *args], cwd=repo_dir, capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0, f"scripts/services {' '.join(args)} failed:\n{done.stderr[-2000:]}"
 
 
 def captured_after(messages, t: float) -> list:
@@ -61,7 +47,7 @@ def assert_in_order_and_valid(messages) -> None:
 
 @pytest.mark.timeout(420)
 def test_cameras_and_a_file_outage_api_and_drain(
-    tmp_path: Path, repo_dir: Path, rtsp_base: str, vtest_avi: Path, kafka_bootstrap: str, redis_url: str
+    tmp_path: Path, rtsp_base: str, vtest_avi: Path, kafka_bootstrap: str, redis_url: str
 ) -> None:
     topic = f"vidrec-serve-{uuid.uuid4().hex[:8]}"
     prefix = f"vs{uuid.uuid4().hex[:6]}"
@@ -107,14 +93,14 @@ def test_cameras_and_a_file_outage_api_and_drain(
         assert set(serve.streams()) == {"bikes", "clock", "file"}
 
         # 3. The RTSP server goes away: cameras reconnect, the file's results keep coming, nothing crashes.
-        services(repo_dir, "stop", "rtsp")
+        services("stop", "rtsp")
         rtsp_stopped = True
         down_at = time.time()
         wait_for(lambda: serve.streams()["clock"]["state"] == "reconnecting", 30, "clock reconnecting")
         wait_for(lambda: len(captured_after(reader.of("file"), down_at)) >= 20, 60,
                  "file results while the cameras are down")
         assert serve.streams()["file"]["state"] == "live"
-        services(repo_dir, "start", "rtsp")
+        services("start", "rtsp")
         rtsp_stopped = False
         up_at = time.time()
         wait_for(lambda: (s := serve.stream("clock")) and s["state"] == "live" and s["since"] > up_at, 60,
@@ -176,7 +162,7 @@ def test_cameras_and_a_file_outage_api_and_drain(
         assert not shm_left(final["run_id"]), "shared memory left behind"
     finally:
         if rtsp_stopped:
-            services(repo_dir, "start", "rtsp")
+            services("start", "rtsp")
         serve.kill()
         if reader is not None:
             reader.close()
@@ -184,9 +170,8 @@ def test_cameras_and_a_file_outage_api_and_drain(
 
 def test_api_refuses_bad_requests(tmp_path: Path, bikes_mp4: Path) -> None:
     port = free_port()
-    serve = ServeProcess(["--stream", f"file={bikes_mp4}", "-o", "Service.ingest_processes=1"],
-                         log_path=tmp_path / "serve.log", http_port=port, env={"VIDREC_API_TOKEN": TOKEN})
-    try:
+    with ServeProcess(["--stream", f"file={bikes_mp4}", "-o", "Service.ingest_processes=1"],
+                      log_path=tmp_path / "serve.log", http_port=port, env={"VIDREC_API_TOKEN": TOKEN}) as serve:
         wait_for(serve.healthy, 120, f"healthy service (needs {MODEL_ENV_HINT})")
         cases = [
             # (method, path, body or raw bytes, expected status, fragment of the error)
@@ -214,8 +199,6 @@ def test_api_refuses_bad_requests(tmp_path: Path, bikes_mp4: Path) -> None:
         assert serve.terminate() == 0
         final = serve.final()
         assert final["streams"][0]["counters"]["processed"] == 250  # no sink: computed and counted
-    finally:
-        serve.kill()
 
 
 @pytest.mark.parametrize(
@@ -227,16 +210,13 @@ def test_api_refuses_bad_requests(tmp_path: Path, bikes_mp4: Path) -> None:
 )
 def test_without_a_token_changes_are_open_only_on_loopback(tmp_path: Path, bikes_mp4: Path, http_host: str,
                                                             status: int) -> None:
-    serve = ServeProcess(["--stream", f"file={bikes_mp4}", "-o", "Service.ingest_processes=1"],
-                         log_path=tmp_path / "serve.log", http_port=free_port(), http_host=http_host)
-    try:
+    with ServeProcess(["--stream", f"file={bikes_mp4}", "-o", "Service.ingest_processes=1"],
+                      log_path=tmp_path / "serve.log", http_port=free_port(), http_host=http_host) as serve:
         wait_for(serve.healthy, 120, f"healthy service (needs {MODEL_ENV_HINT})")
         response = serve.api("POST", "/streams", {"id": "again", "url": str(bikes_mp4), "every_nth": 50})
         assert response.status == status, response
         assert (set(serve.streams()) == {"file", "again"}) == (status == 201)
         assert serve.terminate() == 0
-    finally:
-        serve.kill()
 
 
 @pytest.mark.parametrize(
@@ -413,7 +393,7 @@ def test_workers_stop_by_themselves_when_the_supervisor_is_killed(
 
 @pytest.mark.timeout(240)
 def test_a_redis_outage_never_stalls_kafka(
-    tmp_path: Path, repo_dir: Path, rtsp_base: str, kafka_bootstrap: str, redis_url: str
+    tmp_path: Path, rtsp_base: str, kafka_bootstrap: str, redis_url: str
 ) -> None:
     topic = f"vidrec-serve-{uuid.uuid4().hex[:8]}"
     prefix = f"vs{uuid.uuid4().hex[:6]}"
@@ -432,12 +412,12 @@ def test_a_redis_outage_never_stalls_kafka(
         wait_for(serve.healthy, 120, f"healthy service (needs {MODEL_ENV_HINT})")
         reader = TopicReader(kafka_bootstrap, topic)
         wait_for(lambda: redis_counts()["written"] >= 5, 60, "results in Redis")
-        services(repo_dir, "stop", "redis")
+        services("stop", "redis")
         redis_stopped = True
         down_at = time.time()
         wait_for(lambda: redis_counts()["errors"] > 0, 60, "Redis errors counted")
         wait_for(lambda: len(captured_after(reader.of("clock"), down_at)) >= 30, 60, "Kafka results while Redis is down")
-        services(repo_dir, "start", "redis")
+        services("start", "redis")
         redis_stopped = False
         written = redis_counts()["written"]
         back_at = time.time()
@@ -453,7 +433,7 @@ def test_a_redis_outage_never_stalls_kafka(
         assert_in_order_and_valid(reader.of("clock"))
     finally:
         if redis_stopped:
-            services(repo_dir, "start", "redis")
+            services("start", "redis")
         serve.kill()
         if reader is not None:
             reader.close()
@@ -461,7 +441,7 @@ def test_a_redis_outage_never_stalls_kafka(
 
 @pytest.mark.timeout(240)
 def test_a_new_gallery_version_is_picked_up_without_restart(
-    tmp_path: Path, repo_dir: Path, rtsp_base: str, kafka_bootstrap: str
+    tmp_path: Path, rtsp_base: str, kafka_bootstrap: str
 ) -> None:
     index_dir = tmp_path / "index"
     gallery = sample_gallery(index_dir)

@@ -4,7 +4,6 @@ real gallery, results on real Kafka and Redis; the scrape's counts must agree wi
 from __future__ import annotations
 
 import json
-import os
 import urllib.error
 import urllib.request
 import uuid
@@ -12,9 +11,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.cli_helpers import run_vidrec, sample_gallery
+from tests.prometheus_helpers import metric_samples
 from tests.serve_helpers import ServeProcess, TopicReader, free_port, wait_for
 
 TOKEN = "metrics-token-" + uuid.uuid4().hex
@@ -38,8 +37,7 @@ def get(base: str, path: str, *, token: str | None = None, header: bool = True) 
 def scrape(base: str) -> dict[tuple[str, tuple], float]:
     status, body, headers = get(base, "/metrics", token=TOKEN)
     assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(body.decode()) for s in family.samples}
+    return metric_samples(body.decode())
 
 
 @pytest.mark.timeout(300)
@@ -119,10 +117,8 @@ def test_counts_on_the_metrics_agree_with_kafka_and_reads_need_the_token(
 
 @pytest.mark.timeout(300)
 def test_gallery_api_needs_the_token_and_a_new_entry_reaches_the_running_camera(
-    tmp_path: Path, repo_dir: Path, kafka_bootstrap: str
+    tmp_path: Path, repo_dir: Path, rtsp_base: str, kafka_bootstrap: str
 ) -> None:
-    rtsp = os.environ.get("RTSP_BASE")
-    assert rtsp, "RTSP_BASE is not set: start the services with scripts/services up"
     gallery_dir = repo_dir / "samples" / "gallery"
     data_file = tmp_path / "two.txt"
     data_file.write_text("taxi_f36.jpg\ttaxi\ncyclist_f120.jpg\tcyclist\n")
@@ -131,7 +127,7 @@ def test_gallery_api_needs_the_token_and_a_new_entry_reaches_the_running_camera(
     built = run_vidrec("gallery", "build", "-o", f"IndexProcess.data_file={data_file}", *gallery)
     assert built.returncode == 0, built.stderr
     topic = f"vidrec-gapi-{uuid.uuid4().hex[:8]}"
-    serve = ServeProcess(["--stream", f"cam={rtsp.rstrip('/')}/bikes", "--kafka", kafka_bootstrap, "--topic", topic,
+    serve = ServeProcess(["--stream", f"cam={rtsp_base}/bikes", "--kafka", kafka_bootstrap, "--topic", topic,
                           *gallery], log_path=tmp_path / "serve.log", http_port=free_port(),
                          env={"VIDREC_API_TOKEN": TOKEN})
     reader: TopicReader | None = None

@@ -10,7 +10,6 @@ make the connection fail, naming the broker and never the password).
 """
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 import uuid
@@ -28,16 +27,11 @@ from stream.errors import SinkError
 from stream.sinks.kafka import kafka_security_kwargs
 from stream.sinks.redis import RedisSink, redis_auth_kwargs
 from tests.factories import make_result
+from tests.serve_helpers import free_port
 from workers.outputs import SinkTargets, open_sinks
 
 PASSWORD = f"pw-{uuid.uuid4().hex}"
 PASSWORD_ENV = "VIDREC_TEST_REDIS_PASSWORD"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _make_certificates(folder: Path) -> dict[str, Path]:
@@ -58,7 +52,7 @@ def _make_certificates(folder: Path) -> dict[str, Path]:
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     folder = tmp_path_factory.mktemp("redis-auth")
     certs = _make_certificates(folder)
-    port, tls_port = _free_port(), _free_port()
+    port, tls_port = free_port(), free_port()
     log = open(folder / "redis.log", "wb")
     process = subprocess.Popen(
         ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--requirepass", PASSWORD,

@@ -2,8 +2,6 @@
 written here opcode by opcode (the shape torch >= 1.6 saves), without torch."""
 from __future__ import annotations
 
-import struct
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -12,47 +10,7 @@ import pytest
 from models.errors import ModelError
 from models.export.efficientnet_lite import default_weights_path
 from models.export.torch_pickle import load_state_dict
-
-_STORAGE_NAMES = {np.dtype("float32"): "FloatStorage", np.dtype("float16"): "HalfStorage", np.dtype("int64"): "LongStorage"}
-
-
-def _text(s: str) -> bytes:
-    raw = s.encode()
-    return b"X" + struct.pack("<I", len(raw)) + raw
-
-
-def _int(i: int) -> bytes:
-    return b"J" + struct.pack("<i", i)
-
-
-def _ints_tuple(values: tuple[int, ...]) -> bytes:
-    return b"(" + b"".join(_int(v) for v in values) + b"t"
-
-
-def _write_zip_pth(
-    path: Path, tensors: dict[str, tuple[np.ndarray, int, tuple[int, ...], tuple[int, ...]]], *, extra_global: bytes = b""
-) -> None:
-    """Write ``{key: (flat storage, offset, size, stride)}`` as torch's zip format, pickle protocol 2."""
-    out = [b"\x80\x02", extra_global, b"ccollections\nOrderedDict\n)R("]
-    storages: dict[str, bytes] = {}
-    for i, (key, (flat, offset, size, stride)) in enumerate(tensors.items()):
-        storages[str(i)] = flat.astype(flat.dtype.newbyteorder("<")).tobytes()
-        persistent_id = (
-            b"(" + _text("storage") + b"ctorch\n" + _STORAGE_NAMES[flat.dtype].encode() + b"\n"
-            + _text(str(i)) + _text("cpu") + _int(flat.size) + b"tQ"
-        )
-        out.append(
-            _text(key) + b"ctorch._utils\n_rebuild_tensor_v2\n("
-            + persistent_id + _int(offset) + _ints_tuple(size) + _ints_tuple(stride)
-            + b"\x89ccollections\nOrderedDict\n)Rt" + b"R"
-        )
-    out.append(b"u.")
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("archive/data.pkl", b"".join(out))
-        archive.writestr("archive/byteorder", b"little")
-        archive.writestr("archive/version", b"3\n")
-        for name, raw in storages.items():
-            archive.writestr(f"archive/data/{name}", raw)
+from tests.torch_zip import pickle_text, write_zip_pth
 
 
 def test_real_lite0_file_reads_completely() -> None:
@@ -78,7 +36,7 @@ def test_zip_format_round_trips_the_real_state_dict(tmp_path: Path) -> None:
         strides = tuple(int(np.prod(value.shape[i + 1 :], dtype=np.int64)) for i in range(value.ndim))
         tensors[key] = (value.reshape(-1), 0, value.shape, strides)
     path = tmp_path / "subset.pth"
-    _write_zip_pth(path, tensors)
+    write_zip_pth(path, tensors)
     back = load_state_dict(path)
     assert list(back) == list(subset)
     for key in subset:
@@ -91,7 +49,7 @@ def test_zip_strides_offsets_and_dtypes(tmp_path: Path) -> None:
     half = np.arange(10, dtype=np.float16) / 4
     longs = np.array([7, -3, 2**40], dtype=np.int64)
     path = tmp_path / "views.pth"
-    _write_zip_pth(path, {
+    write_zip_pth(path, {
         # A (2, 3) transpose of a (3, 2) block starting at element 4: stride (1, 2).
         "transposed": (base, 4, (2, 3), (1, 2)),
         "half_tail": (half, 6, (4,), (1,)),
@@ -109,7 +67,7 @@ def test_zip_strides_offsets_and_dtypes(tmp_path: Path) -> None:
 
 def test_tensor_past_its_storage_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "short.pth"
-    _write_zip_pth(path, {"w": (np.zeros(4, dtype=np.float32), 2, (3,), (1,))})
+    write_zip_pth(path, {"w": (np.zeros(4, dtype=np.float32), 2, (3,), (1,))})
     with pytest.raises(ModelError, match=r"short\.pth.*tensor w"):
         load_state_dict(path)
 
@@ -117,7 +75,7 @@ def test_tensor_past_its_storage_is_refused(tmp_path: Path) -> None:
 def test_foreign_globals_are_refused_naming_the_file(tmp_path: Path) -> None:
     path = tmp_path / "evil.pth"
     # Would call os.system("true") under a plain pickle.load.
-    _write_zip_pth(path, {}, extra_global=b"cos\nsystem\n(" + _text("true") + b"tR0")
+    write_zip_pth(path, {}, extra_global=b"cos\nsystem\n(" + pickle_text("true") + b"tR0")
     with pytest.raises(ModelError, match=r"evil\.pth.*os\.system"):
         load_state_dict(path)
 
