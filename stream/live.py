@@ -53,7 +53,7 @@ import av.error
 from stream.errors import SourceError
 from stream.frames import Frame
 from stream.sources import _ffmpeg_reason, _to_bgr
-from stream.live_options import LOW_DELAY_OPTIONS, LiveOptions
+from stream.live_options import LiveOptions
 from stream.states import StreamState
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,6 @@
 """`vidrec video` end to end through the real CLI, real models and real footage."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import av

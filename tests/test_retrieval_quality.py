@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import cv2
-import pytest
 
 from config import load_config
 from models.shitu import RecognizedBox

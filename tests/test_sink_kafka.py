@@ -15,7 +15,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
 from stream.errors import SinkError
-from stream.messages import load_schema
+from stream.messages import FrameResult, load_schema
 from stream.sinks.kafka import KafkaSink
 from tests.factories import make_result
 

@@ -76,7 +76,7 @@ from workers.messages import (
 from workers.plans import StreamPlan
 from workers.snapshots import SnapshotEncoder
 from workers.freshness import backlog_overflow, too_old
-from workers.ingest import ParentWatch, detach_queues, setup_child
+from workers.worker_process import ParentWatch, detach_queues, setup_child
 from workers.outputs import open_service_sinks, result_run_id
 from workers.recognition import FrameContext, RecognitionStep, RecognizedBatch
 

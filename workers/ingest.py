@@ -25,11 +25,8 @@ and gives inference up to the drain timeout to take what is written (the frames 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import queue as queue_mod
-import signal
-import sys
 import threading
 import time
 from dataclasses import replace
@@ -38,9 +35,10 @@ from typing import Any
 from stream.errors import SourceError
 from stream.live import LiveSource
 from stream.sources import open_source
-from stream.states import StreamKind, StreamState
+from stream.states import StreamState
 from stream.transport import FrameProducer, StreamCounters, TransportError
 from workers.counters import Drop
+from workers.worker_process import ParentWatch, detach_queues, setup_child
 from workers.messages import (
     AddStream,
     IngestExited,
@@ -196,38 +194,6 @@ class _StreamRunner:
                 if not producer.send(frame):
                     return  # aborted
         self._set_state(StreamState.ENDED, f"{plan.display_url}: end of file")
-
-
-# ------------------------------------------------------------------------------------------- process ------
-class ParentWatch:
-    """Whether the supervisor still runs, from multiprocessing's parent sentinel: right even when it died
-    before this process got going (then ``os.getppid()`` already names the reaper, not the supervisor)."""
-
-    def __init__(self) -> None:
-        self._parent = multiprocessing.parent_process()
-        self._gone = False
-
-    def gone(self) -> bool:
-        if not self._gone and self._parent is not None:
-            self._gone = not self._parent.is_alive()
-        return self._gone
-
-
-def detach_queues(*queues: Any) -> None:
-    """The supervisor is gone and nobody reads what this process puts: exit without waiting for the queues'
-    feeder threads, which would block on a full pipe forever."""
-    for q in queues:
-        q.cancel_join_thread()
-
-
-def setup_child(name: str, log_level: int) -> None:
-    # The supervisor coordinates shutdown: a terminal's Ctrl-C or a TERM to the whole process group must not
-    # cut this process's drain short.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(level=log_level, format=f"vidrec[{name}]: %(message)s", stream=sys.stderr, force=True)
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    logging.getLogger("kafka").setLevel(logging.WARNING)
 
 
 def ingest_main(
