@@ -5,9 +5,9 @@ The service's methods block (locks, a worker's answer), so each runs in the fram
 event loop. Answers are the service's dicts written as compact JSON, exactly as before the framework; the
 pydantic models in ``workers/http_schemas.py`` describe them in ``/openapi.json``.
 
-Before routing (``_Gate``): an unknown method is 501, over 100 header lines 431, and the path is split the way
-the API always did, so that ``%2F`` inside a stream id or overlay file name stays part of that name and a
-trailing ``/`` is ignored.
+Before routing (``_Gate``), the limits the API always had: an unknown method is 501, a request line over 64 KiB
+414, a header line over 64 KiB or over 100 header lines 431; and the path is split the way the API always did,
+so that ``%2F`` inside a stream id or overlay file name stays part of that name and a trailing ``/`` is ignored.
 """
 from __future__ import annotations
 
@@ -43,7 +43,8 @@ OVERLAY_FILES = {"index.html": "text/html; charset=utf-8", "overlay.js": "text/j
                  "overlay.css": "text/css; charset=utf-8"}
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 KNOWN_METHODS = frozenset({"GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS"})
-MAX_HEADERS = 100  # as many header lines as the standard library's server took
+MAX_LINE_BYTES = 65536  # the longest request line or header line, and
+MAX_HEADERS = 100  # the most header lines, that the standard library's server took: the API keeps its limits
 BODY_TIMEOUT_S = 30.0  # a client that declares more body than it sends is answered 408 after this long
 _METHOD_ORDER = ("GET", "POST", "DELETE")
 
@@ -353,10 +354,18 @@ class _Gate:
         if scope["method"] not in KNOWN_METHODS:
             await _raw_error(scope, receive, send, HTTPStatus.NOT_IMPLEMENTED, f"Unsupported method ({scope['method']!r})")
             return
+        raw = scope.get("raw_path") or scope["path"].encode("utf-8")
+        query = scope.get("query_string") or b""
+        request_line = len(scope["method"]) + len(raw) + (len(query) + 1 if query else 0) + len(" HTTP/1.1\r\n") + 1
+        if request_line > MAX_LINE_BYTES:
+            await _raw_error(scope, receive, send, HTTPStatus.REQUEST_URI_TOO_LONG, HTTPStatus.REQUEST_URI_TOO_LONG.phrase)
+            return
         if len(scope["headers"]) > MAX_HEADERS:
             await _raw_error(scope, receive, send, HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Too many headers")
             return
-        raw = scope.get("raw_path") or scope["path"].encode("utf-8")
+        if any(len(name) + len(value) + 4 > MAX_LINE_BYTES for name, value in scope["headers"]):
+            await _raw_error(scope, receive, send, HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Line too long")
+            return
         raw_path = raw.decode("latin-1").split("?", 1)[0].rstrip("/") or "/"
         parts = [unquote(p) for p in raw_path.strip("/").split("/")] if raw_path != "/" else []
         # Each segment decoded once; "/" and "%" inside one stay escaped so that routing cannot split it and
