@@ -351,6 +351,7 @@ class _Gate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        send = _canonical_header_names(send)
         if scope["method"] not in KNOWN_METHODS:
             await _raw_error(scope, receive, send, HTTPStatus.NOT_IMPLEMENTED, f"Unsupported method ({scope['method']!r})")
             return
@@ -374,6 +375,25 @@ class _Gate:
         shown = ("/" + "/".join(parts)) if parts and parts[0] == "gallery" and len(parts) <= 2 else raw_path
         scope = dict(scope, path=path, raw_path=path.encode("utf-8"), **{"vidrec.shown_path": shown})
         await self.app(scope, receive, send)
+
+
+def _canonical_header_names(send: Any) -> Any:
+    """Header names as the API always wrote them (``Content-Type``, not Starlette's ``content-type``): names are
+    case-blind in HTTP, but clients that look them up in a plain dict are not."""
+
+    async def send_canonical(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message = dict(message, headers=[(_canonical(name), value) for name, value in message.get("headers", [])])
+        await send(message)
+
+    return send_canonical
+
+
+def _canonical(name: bytes) -> bytes:
+    return _SPECIAL_NAMES.get(name) or b"-".join(part.capitalize() for part in name.split(b"-"))
+
+
+_SPECIAL_NAMES = {b"www-authenticate": b"WWW-Authenticate"}
 
 
 async def _raw_error(scope: dict[str, Any], receive: Any, send: Any, status: int, message: str) -> None:
