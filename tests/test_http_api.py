@@ -266,3 +266,40 @@ def test_every_route_in_the_table_is_described_with_its_status_codes(client: Tes
     assert spec["paths"]["/streams"]["get"]["responses"]["200"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/StreamList"}
 
+
+
+# ---- a real service's answers -------------------------------------------------------------------------------
+@pytest.mark.timeout(300)
+def test_real_answers_match_the_description(tmp_path: Path, repo_dir: Path, kafka_bootstrap: str, redis_url: str) -> None:
+    """`vidrec serve` on samples/bikes.mp4 with a gallery, Kafka and Redis: each JSON answer fits its model
+    (``extra="forbid"``: every field is described), and its description is valid OpenAPI."""
+    from tests.cli_helpers import sample_gallery
+    from tests.serve_helpers import ServeProcess, free_port, wait_for
+
+    gallery = sample_gallery(tmp_path / "index")
+    serve = ServeProcess(
+        ["--stream", f"bikes={repo_dir / 'samples' / 'bikes.mp4'}", "--kafka", kafka_bootstrap,
+         "--topic", f"vidrec-http-{tmp_path.name[-12:]}", "--redis", redis_url,
+         "-o", f"Redis.key_prefix=vh{abs(hash(tmp_path)) % 10**6}", *gallery],
+        log_path=tmp_path / "serve.log", http_port=free_port(), env={"VIDREC_API_TOKEN": TOKEN},
+    )
+    try:
+        wait_for(serve.healthy, 180, "healthy service (needs VIDREC_MODEL_DIR and the services)")
+        listed = wait_for(lambda: (body := serve.api("GET", "/streams").body)["sinks"]
+                          and body["streams"][0]["counters"]["processed"] > 0 and body, 120, "results counted")
+        http_schemas.StreamList.model_validate(listed)
+        http_schemas.Health.model_validate(serve.api("GET", "/healthz").body)
+        http_schemas.StreamView.model_validate(serve.api("GET", "/streams/bikes").body)
+        http_schemas.Recognitions.model_validate(serve.api("GET", "/recognitions").body)
+        http_schemas.GalleryInfo.model_validate(serve.api("GET", "/gallery").body)
+        added = serve.api("POST", "/streams", {"id": "again", "url": str(repo_dir / "samples" / "bikes.mp4")}, token=TOKEN)
+        assert added.status == 201, added
+        http_schemas.StreamView.model_validate(added.body)
+        removed = serve.api("DELETE", "/streams/again", token=TOKEN)
+        assert removed.status == 202, removed
+        http_schemas.StreamRemoval.model_validate(removed.body)
+        spec = serve.api("GET", "/openapi.json").body
+        validate(spec)
+        assert set(spec["components"]["schemas"]) >= {"StreamList", "StreamView", "Health", "StreamSpec"}
+    finally:
+        serve.kill()
