@@ -101,15 +101,19 @@ class _ApiRoute(APIRoute):
 def build_app(api: "ApiServer") -> Callable[..., Awaitable[None]]:
     """The ASGI application of ``api`` (an ``ApiServer``: its service, gallery, result feed and auth rules)."""
     from workers import __version__
+    # No OpenTelemetry: the service's metrics are Prometheus (/metrics), and spans would cost every request.
+    telemetry_off = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
     app = FastAPI(title="vidrec", version=__version__, openapi_url=None, docs_url=None, redoc_url=None,
-                  redirect_slashes=False, description="The HTTP API of `vidrec serve` (README: The HTTP API).")
+                  redirect_slashes=False, telemetry=telemetry_off,
+                  description="The HTTP API of `vidrec serve` (README: The HTTP API).")
     app.router.route_class = _ApiRoute
-    call = run_in_threadpool
+    call = run_in_threadpool  # the service's methods block (locks, a worker's answer): never on the event loop
 
-    def read_allowed(request: Request) -> None:
+    # async: a check this small runs on the event loop (a plain def would cost a trip to the thread pool)
+    async def read_allowed(request: Request) -> None:
         api.check_read(request.headers.get("authorization"), _first(request, "access_token"))
 
-    def change_allowed(request: Request) -> None:
+    async def change_allowed(request: Request) -> None:
         api.check_auth(request.headers.get("authorization"))
 
     reads = [Depends(read_allowed)]
