@@ -6,6 +6,7 @@ OpenAPI; ``test_real_answers_match_the_description`` checks a real `vidrec serve
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -231,6 +232,52 @@ def test_the_overlay_files_are_served_with_their_types(client: TestClient) -> No
         assert response.status_code == 200 and response.headers["content-type"].startswith(kind), path
         assert response.content == (Path(http_api.__file__).parent / "overlay" /
                                     (path.split("/")[-1] if "." in path else "index.html")).read_bytes()
+
+
+# ---- slow clients, on a real uvicorn -----------------------------------------------------------------------
+def _read_until_closed(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+@pytest.fixture()
+def served() -> Iterator[ApiServer]:
+    """A real server on loopback with a short client deadline (the service's is 30 s)."""
+    api = ApiServer("127.0.0.1", 0, DictService(), token=TOKEN, client_timeout_s=0.5)
+    api.start()
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+# (case, what the client sends and then waits with, what comes back before the server closes the connection)
+SLOW_CLIENTS = [
+    # a body shorter than its Content-Length: 408, the rest never waited for
+    ("body-never-finished", b"POST /streams HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+     + b"\r\nContent-Length: 100\r\n\r\n{", b"HTTP/1.1 408 "),
+    # a request head that never ends: closed without an answer
+    ("head-never-finished", b"GET /streams HTTP/1.1\r\nHost: x\r\n", b""),
+    # a connection that never sends anything
+    ("silent-connection", b"", b""),
+    # an idle keep-alive connection after its answer: the answer, then closed
+    ("idle-keep-alive", b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", b"HTTP/1.1 200 "),
+]
+
+
+@pytest.mark.parametrize(("case", "sent", "answer"), SLOW_CLIENTS, ids=[c[0] for c in SLOW_CLIENTS])
+def test_a_slow_client_is_cut_off_after_the_deadline(served: ApiServer, case: str, sent: bytes, answer: bytes) -> None:
+    with socket.create_connection(served.address, timeout=30) as sock:  # the server closes long before 30 s
+        sock.sendall(sent)
+        data = _read_until_closed(sock)
+    assert data.startswith(answer) and (answer or not data), data[:300]
+    if case == "body-never-finished":
+        assert b"Connection: close" in data and b'{"error":"body not received within 0.5 s"}' in data, data
+    with socket.create_connection(served.address, timeout=30) as sock:  # and it goes on serving
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert _read_until_closed(sock).startswith(b"HTTP/1.1 200 ")
 
 
 # ---- the description ----------------------------------------------------------------------------------------

@@ -118,6 +118,7 @@ class ApiServer:
         gallery: GalleryApi | None = None,
         results: "ResultFollower | None" = None,
         max_body_bytes: int = MAX_BODY_BYTES,
+        client_timeout_s: float = CLIENT_TIMEOUT_S,
     ) -> None:
         self.service = service
         self.token = token or None
@@ -127,6 +128,7 @@ class ApiServer:
         self.gallery = gallery
         self.results = results
         self.max_body_bytes = max_body_bytes
+        self.client_timeout_s = client_timeout_s
         self.mutations_open = self.token is not None or is_loopback(host)
         self.closing = threading.Event()  # ends the event streams at shutdown
         self._viewers: set[threading.Event] = set()
@@ -134,9 +136,10 @@ class ApiServer:
         self._socket = _listen(host, port)  # OSError when the address is taken
         self.app = build_app(self)  # the ASGI application
         config = uvicorn.Config(
-            self.app, http=_Protocol, ws="none", lifespan="off", interface="asgi3", loop="asyncio",
+            self.app, http=type("Protocol", (_Protocol,), {"timeout_s": client_timeout_s}), ws="none", lifespan="off", interface="asgi3", loop="asyncio",
             log_config=None, access_log=False, proxy_headers=False, server_header=False,
-            headers=[("Server", "vidrec")], timeout_keep_alive=int(CLIENT_TIMEOUT_S), timeout_graceful_shutdown=5,
+            headers=[("Server", "vidrec")], timeout_keep_alive=client_timeout_s,  # type: ignore[arg-type] - uvicorn waits a float fine
+            timeout_graceful_shutdown=5,
             h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         )
         self._server = uvicorn.Server(config)
@@ -229,8 +232,10 @@ def _listen(host: str, port: int) -> socket.socket:
 
 class _Protocol(H11Protocol):
     """uvicorn's HTTP/1.1 with the old server's deadline on slow clients: a connection that has not sent a
-    whole request head within ``CLIENT_TIMEOUT_S`` of opening or of its last answer is closed (uvicorn alone
-    times out only idle keep-alive connections, not one that trickles its headers)."""
+    whole request head within ``timeout_s`` of opening or of its last answer is closed (uvicorn alone times
+    out only idle keep-alive connections, not one that trickles its headers)."""
+
+    timeout_s = CLIENT_TIMEOUT_S
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -241,7 +246,7 @@ class _Protocol(H11Protocol):
         self._arm()
 
     def _arm(self) -> None:
-        self.loop.call_later(CLIENT_TIMEOUT_S, self._deadline, self.cycle)
+        self.loop.call_later(self.timeout_s, self._deadline, self.cycle)
 
     def _deadline(self, cycle: Any) -> None:
         if self.cycle is cycle and (cycle is None or cycle.response_complete) and not self.transport.is_closing():

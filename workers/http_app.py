@@ -45,7 +45,6 @@ METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 KNOWN_METHODS = frozenset({"GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS"})
 MAX_LINE_BYTES = 65536  # the longest request line or header line, and
 MAX_HEADERS = 100  # the most header lines, that the standard library's server took: the API keeps its limits
-BODY_TIMEOUT_S = 30.0  # a client that declares more body than it sends is answered 408 after this long
 _METHOD_ORDER = ("GET", "POST", "DELETE")
 
 
@@ -141,7 +140,7 @@ def build_app(api: "ApiServer") -> Callable[..., Awaitable[None]]:
               responses=described(400, 401, 403, 409, 411, 413, 503), summary="Add a stream",
               openapi_extra=_request_body("POST", "/streams"))
     async def add_stream(request: Request) -> Response:
-        body = await read_json_object(request, api.max_body_bytes)
+        body = await read_json_object(request, api.max_body_bytes, api.client_timeout_s)
         return json_response(HTTPStatus.CREATED, await call(api.service.add_stream, body))
 
     @app.get("/streams/{stream_id}", response_model=schemas.StreamView, dependencies=reads,
@@ -222,7 +221,7 @@ def build_app(api: "ApiServer") -> Callable[..., Awaitable[None]]:
               openapi_extra=_request_body("POST", "/gallery/items"))
     async def gallery_add(request: Request) -> Response:
         gallery = _gallery(api)
-        body = await read_json_object(request, api.max_body_bytes)
+        body = await read_json_object(request, api.max_body_bytes, api.client_timeout_s)
         return json_response(HTTPStatus.CREATED, await call(gallery.add, body))
 
     @app.delete("/gallery/items", response_model=schemas.GalleryRemoved, dependencies=changes,
@@ -231,7 +230,7 @@ def build_app(api: "ApiServer") -> Callable[..., Awaitable[None]]:
                 openapi_extra=_request_body("DELETE", "/gallery/items"))
     async def gallery_remove(request: Request) -> Response:
         gallery = _gallery(api)
-        body = await read_json_object(request, api.max_body_bytes)
+        body = await read_json_object(request, api.max_body_bytes, api.client_timeout_s)
         return json_response(HTTPStatus.OK, await call(gallery.remove, body))
 
     @app.get("/openapi.json", dependencies=reads, include_in_schema=False)
@@ -278,8 +277,9 @@ def _allowed_methods(app: FastAPI, scope: dict[str, Any]) -> list[str]:
 
 
 # ---- request bodies -----------------------------------------------------------------------------------------
-async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
-    """The body as a JSON object: Content-Length required (411) and within ``max_bytes`` (413, left unread)."""
+async def read_json_object(request: Request, max_bytes: int, timeout_s: float) -> dict[str, Any]:
+    """The body as a JSON object: Content-Length required (411) and within ``max_bytes`` (413, left unread),
+    all of it sent within ``timeout_s`` (408)."""
     length_header = request.headers.get("content-length")
     if length_header is None:
         raise ApiError(HTTPStatus.LENGTH_REQUIRED, "Content-Length required")
@@ -292,9 +292,9 @@ async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
     if length > max_bytes:
         raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body of {length} bytes is over the {max_bytes}-byte limit")
     try:
-        raw = await asyncio.wait_for(request.body(), BODY_TIMEOUT_S)
+        raw = await asyncio.wait_for(request.body(), timeout_s)
     except asyncio.TimeoutError:
-        raise ApiError(HTTPStatus.REQUEST_TIMEOUT, f"body not received within {BODY_TIMEOUT_S:g} s") from None
+        raise ApiError(HTTPStatus.REQUEST_TIMEOUT, f"body not received within {timeout_s:g} s") from None
     request.scope["vidrec.body_read"] = True
     try:
         body = json.loads(raw.decode("utf-8"))
