@@ -100,6 +100,7 @@ class _ApiRoute(APIRoute):
 def build_app(api: "ApiServer") -> Callable[..., Awaitable[None]]:
     """The ASGI application of ``api`` (an ``ApiServer``: its service, gallery, result feed and auth rules)."""
     from workers import __version__
+
     # No OpenTelemetry: the service's metrics are Prometheus (/metrics), and spans would cost every request.
     telemetry_off = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
     app = FastAPI(title="vidrec", version=__version__, openapi_url=None, docs_url=None, redoc_url=None,
@@ -117,7 +118,7 @@ def build_app(api: "ApiServer") -> Callable[..., Awaitable[None]]:
 
     reads = [Depends(read_allowed)]
     changes = [Depends(change_allowed)]
-    errors = {status: {"model": schemas.ErrorBody} for status in (400, 401, 403, 404, 405, 409, 411, 413, 503)}
+    errors = {status: {"model": schemas.ErrorBody} for status in (400, 401, 403, 404, 405, 408, 409, 411, 413, 503)}
 
     def described(*codes: int) -> dict[int | str, dict[str, Any]]:
         return {code: errors[code] for code in codes}
@@ -137,7 +138,7 @@ def build_app(api: "ApiServer") -> Callable[..., Awaitable[None]]:
         return json_response(HTTPStatus.OK, await call(both))
 
     @app.post("/streams", status_code=201, response_model=schemas.StreamView, dependencies=changes,
-              responses=described(400, 401, 403, 409, 411, 413, 503), summary="Add a stream",
+              responses=described(400, 401, 403, 408, 409, 411, 413, 503), summary="Add a stream",
               openapi_extra=_request_body("POST", "/streams"))
     async def add_stream(request: Request) -> Response:
         body = await read_json_object(request, api.max_body_bytes, api.client_timeout_s)
@@ -217,7 +218,7 @@ def build_app(api: "ApiServer") -> Callable[..., Awaitable[None]]:
         return json_response(HTTPStatus.OK, await call(gallery.info))
 
     @app.post("/gallery/items", status_code=201, response_model=schemas.GalleryAdded, dependencies=changes,
-              responses=described(400, 401, 403, 404, 409, 411, 413, 503), summary="Add images to the gallery",
+              responses=described(400, 401, 403, 404, 408, 409, 411, 413, 503), summary="Add images to the gallery",
               openapi_extra=_request_body("POST", "/gallery/items"))
     async def gallery_add(request: Request) -> Response:
         gallery = _gallery(api)
@@ -225,7 +226,7 @@ def build_app(api: "ApiServer") -> Callable[..., Awaitable[None]]:
         return json_response(HTTPStatus.CREATED, await call(gallery.add, body))
 
     @app.delete("/gallery/items", response_model=schemas.GalleryRemoved, dependencies=changes,
-                responses=described(400, 401, 403, 404, 409, 411, 413, 503),
+                responses=described(400, 401, 403, 404, 408, 409, 411, 413, 503),
                 summary="Remove gallery entries by label or by image path",
                 openapi_extra=_request_body("DELETE", "/gallery/items"))
     async def gallery_remove(request: Request) -> Response:
@@ -287,7 +288,7 @@ async def read_json_object(request: Request, max_bytes: int, timeout_s: float) -
         length = int(length_header)
     except ValueError:
         length = -1
-    if length < 0:
+    if length < 0:  # uvicorn's h11 refuses these itself (400) before the app; kept for any other ASGI server
         raise ApiError(HTTPStatus.BAD_REQUEST, f"bad Content-Length {length_header!r}")
     if length > max_bytes:
         raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body of {length} bytes is over the {max_bytes}-byte limit")
