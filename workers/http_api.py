@@ -1,4 +1,4 @@
-"""The HTTP API of `vidrec serve` (stdlib ``ThreadingHTTPServer``; JSON in, JSON out).
+"""The HTTP API of `vidrec serve` (FastAPI on uvicorn, in a thread of the supervisor; JSON in, JSON out).
 
     GET    /healthz            200 {"status": "ok", ...} when serving; 503 while starting or stopping
     GET    /streams            200 {"streams": [stream, ...], "sinks": [...]}: states, counters, sink totals
@@ -13,9 +13,13 @@
     GET    /gallery            200 {"index_dir", "version", "entries", "labels"} | 404 without a gallery
     POST   /gallery/items      {"items": [{"path", "label"}]} -> 201 {"added", "version", "entries"} | 400
     DELETE /gallery/items      {"labels": [...]} or {"paths": [...]} -> 200 {"removed", "version"} | 400
+    GET    /openapi.json       this API's OpenAPI description (bodies: workers/http_schemas.py)
 
 Errors are ``{"error": "<one line>"}`` with the status code. Bodies over ``max_body_bytes`` (64 KiB) are refused
-with 413 unread.
+with 413 unread. A client gets 30 s to send its body (then 408) and to start or continue a request on its
+connection (then the connection is closed). An unknown method gets 501, a request line over 64 KiB 414, a header
+line over 64 KiB or over 100 headers 431. What uvicorn refuses before the application sees a request (a garbled
+request line, a TLS hello, a request head over 256 KiB) gets uvicorn's own plain-text 400.
 
 Authentication (decided here, documented in the README): POST and DELETE need ``Authorization: Bearer <token>``
 when a token is configured (the environment variable named by ``Service.api_token_env``, VIDREC_API_TOKEN by
@@ -30,17 +34,18 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import json
 import logging
 import socket
 import threading
+import time
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import parse_qs, unquote, urlsplit
 
-from workers.service_errors import Conflict, Failed, Invalid, NotFound, RequestRefused, TimedOut, Unavailable
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from workers.http_app import build_app
+from workers.http_errors import ApiError, status_of
 
 if TYPE_CHECKING:
     from workers.overlay_events import ResultFollower
@@ -48,38 +53,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+__all__ = ["ApiError", "ApiServer", "GalleryApi", "StreamService", "status_of"]
+
 MAX_BODY_BYTES = 64 * 1024
-OVERLAY_DIR = Path(__file__).resolve().parent / "overlay"
-_STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-                 ".css": "text/css; charset=utf-8"}
-METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-_REFUSAL_STATUS: dict[type[RequestRefused], HTTPStatus] = {
-    Invalid: HTTPStatus.BAD_REQUEST, NotFound: HTTPStatus.NOT_FOUND, Conflict: HTTPStatus.CONFLICT,
-    Unavailable: HTTPStatus.SERVICE_UNAVAILABLE, Failed: HTTPStatus.INTERNAL_SERVER_ERROR,
-    TimedOut: HTTPStatus.GATEWAY_TIMEOUT,
-}
-
-
-def status_of(exc: Exception) -> int:
-    """The status code of a refusal: the HTTP layer's own ``ApiError`` carries one, the service's kinds map."""
-    if isinstance(exc, ApiError):
-        return exc.status
-    return _REFUSAL_STATUS.get(type(exc), HTTPStatus.BAD_REQUEST)
-
-
-class ApiError(Exception):
-    """A request the service refuses: ``status`` and a one-line message."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = int(status)
-        self.message = message
+# A request head that has not ended after this many bytes is refused by uvicorn (400); complete heads are held
+# to the old limits per line and header count by the application (workers/http_app.py).
+MAX_HEAD_BYTES = 256 * 1024
+CLIENT_TIMEOUT_S = 30.0  # how long a client may take to send a request (or keep an idle connection)
 
 
 class StreamService(Protocol):
-    """What the API needs from the supervisor (every method thread-safe; raise ApiError to refuse)."""
+    """What the API needs from the supervisor (every method thread-safe; raise a ``RequestRefused`` kind to refuse)."""
 
     def health(self) -> dict[str, Any]: ...
 
@@ -101,7 +85,7 @@ class StreamService(Protocol):
 
 
 class GalleryApi(Protocol):
-    """The gallery routes' backend (workers/gallery_api.py); raise ApiError to refuse."""
+    """The gallery routes' backend (workers/gallery_api.py); raise a ``RequestRefused`` kind to refuse."""
 
     def info(self) -> dict[str, Any]: ...
 
@@ -120,7 +104,8 @@ def is_loopback(host: str) -> bool:
 
 
 class ApiServer:
-    """Binds at construction (so a taken port fails at start), serves in a thread after ``start()``."""
+    """Binds at construction (so a taken port fails at start), serves in a thread after ``start()``: uvicorn
+    with its own event loop; the service's methods run in its thread pool."""
 
     def __init__(
         self,
@@ -133,6 +118,7 @@ class ApiServer:
         gallery: GalleryApi | None = None,
         results: "ResultFollower | None" = None,
         max_body_bytes: int = MAX_BODY_BYTES,
+        client_timeout_s: float = CLIENT_TIMEOUT_S,
     ) -> None:
         self.service = service
         self.token = token or None
@@ -142,12 +128,23 @@ class ApiServer:
         self.gallery = gallery
         self.results = results
         self.max_body_bytes = max_body_bytes
+        self.client_timeout_s = client_timeout_s
         self.mutations_open = self.token is not None or is_loopback(host)
         self.closing = threading.Event()  # ends the event streams at shutdown
-        handler = type("Handler", (_Handler,), {"api": self})
-        server_class = _Server6 if ":" in host else ThreadingHTTPServer
-        self._server = server_class((host, port), handler)  # OSError when the address is taken
-        self._server.daemon_threads = True
+        self._viewers: set[threading.Event] = set()
+        self._viewers_lock = threading.Lock()
+        self._socket = _listen(host, port)  # OSError when the address is taken
+        self.app = build_app(self)  # the ASGI application
+        config = uvicorn.Config(
+            self.app, http=type("Protocol", (_Protocol,), {"timeout_s": client_timeout_s}), ws="none", lifespan="off", interface="asgi3", loop="asyncio",
+            log_config=None, access_log=False, proxy_headers=False, server_header=False,
+            headers=[("Server", "vidrec")], timeout_keep_alive=client_timeout_s,  # type: ignore[arg-type] - uvicorn waits a float fine
+            timeout_graceful_shutdown=5,
+            h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+        )
+        self._server = uvicorn.Server(config)
+        # uvicorn's own lines ("Started server process", which is a thread here) only when something is wrong.
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
         self._thread: threading.Thread | None = None
         if self.token is None:
             if self.mutations_open:
@@ -157,21 +154,43 @@ class ApiServer:
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self._server.server_address[:2]
+        host, port = self._socket.getsockname()[:2]
         return str(host), int(port)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]},
                                         name="http-api", daemon=True)
         self._thread.start()
+        deadline = time.monotonic() + 10.0  # connections wait in the socket's backlog meanwhile
+        while not self._server.started and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def close(self) -> None:
         self.closing.set()
+        with self._viewers_lock:
+            for stop in self._viewers:
+                stop.set()
         if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(5.0)
-        self._server.server_close()
+            self._server.should_exit = True
+            self._thread.join(10.0)
+        self._socket.close()
 
+    # -- the event streams' viewers (workers/http_events.py) ------------------------------------------------
+    def viewer_started(self) -> threading.Event:
+        """A viewer's stop signal: set when it goes or when the server closes."""
+        stop = threading.Event()
+        with self._viewers_lock:
+            self._viewers.add(stop)
+            if self.closing.is_set():
+                stop.set()
+        return stop
+
+    def viewer_ended(self, stop: threading.Event) -> None:
+        stop.set()
+        with self._viewers_lock:
+            self._viewers.discard(stop)
+
+    # -- who may do what -----------------------------------------------------------------------------------
     def check_auth(self, header: str | None) -> None:
         """For POST/DELETE: the bearer header only (a token in a URL ends up in logs and histories)."""
         if not self.mutations_open:
@@ -199,266 +218,36 @@ class ApiServer:
             raise ApiError(HTTPStatus.UNAUTHORIZED, "wrong bearer token")
 
 
-class _Server6(ThreadingHTTPServer):
-    address_family = socket.AF_INET6
+def _listen(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the standard library's server did
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
-class _Handler(BaseHTTPRequestHandler):
-    api: ApiServer
-    server_version = "vidrec"
-    protocol_version = "HTTP/1.1"
-    # A client that stops sending (a body shorter than its Content-Length, an idle keep-alive) gives its
-    # thread back after this long instead of holding it forever. The event stream writes, never reads.
-    timeout = 30.0
+class _Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 with the old server's deadline on slow clients: a connection that has not sent a
+    whole request head within ``timeout_s`` of opening or of its last answer is closed (uvicorn alone times
+    out only idle keep-alive connections, not one that trickles its headers)."""
 
-    def handle(self) -> None:
-        try:
-            super().handle()
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
-            self.close_connection = True  # the client went away or stalled: nothing to answer
+    timeout_s = CLIENT_TIMEOUT_S
 
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """The standard library's own refusals (bad request line, headers too long, unknown method) as this
-        API's JSON errors rather than an HTML page."""
-        self._allowed = None
-        self.close_connection = True
-        try:
-            self._send(code, {"error": message or HTTPStatus(code).phrase})
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
 
-    def do_HEAD(self) -> None:
-        self._dispatch("HEAD")
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm()
 
-    def do_OPTIONS(self) -> None:
-        self._dispatch("OPTIONS")
+    def _arm(self) -> None:
+        self.loop.call_later(self.timeout_s, self._deadline, self.cycle)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
-        log.debug("http %s - %s", self.address_string(), format % args)
-
-    # -- routing ---------------------------------------------------------------------------------------------
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
-    def do_PUT(self) -> None:
-        self._dispatch("PUT")
-
-    def do_PATCH(self) -> None:
-        self._dispatch("PATCH")
-
-    def _dispatch(self, method: str) -> None:
-        self._allowed: str | None = None
-        self._body_read = False
-        try:
-            if self._route_raw(method):
-                return
-            status, body = self._route(method)
-        except (ApiError, RequestRefused) as exc:
-            status, body = status_of(exc), {"error": str(exc)}
-            if not self._body_read and self.headers.get("Content-Length", "0").strip() not in ("", "0"):
-                self.close_connection = True  # a refused request's body is left unread: end the connection
-        except Exception as exc:  # noqa: BLE001 - a bug answers 500 and is logged, the server stays up
-            log.exception("HTTP %s %s failed", method, self.path)
-            status, body = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {type(exc).__name__}"}
-        self._send(status, body)
-
-    def _parts(self) -> tuple[str, list[str], dict[str, list[str]]]:
-        url = urlsplit(self.path)
-        path = url.path.rstrip("/") or "/"
-        parts = [unquote(p) for p in path.strip("/").split("/")] if path != "/" else []
-        return path, parts, parse_qs(url.query)
-
-    def _read_allowed(self, query: dict[str, list[str]]) -> None:
-        self.api.check_read(self.headers.get("Authorization"), (query.get("access_token") or [None])[0])
-
-    def _route_raw(self, method: str) -> bool:
-        """The routes that answer something other than JSON; True when this request was one of them."""
-        _, parts, query = self._parts()
-        api = self.api
-        if parts == ["metrics"]:
-            self._allow(method, "GET")
-            self._read_allowed(query)
-            self._send_bytes(HTTPStatus.OK, api.service.metrics(), METRICS_CONTENT_TYPE)
-            return True
-        if parts and parts[0] == "overlay" and len(parts) <= 2:
-            self._allow(method, "GET")
-            self._read_allowed(query)
-            name = parts[1] if len(parts) == 2 else "index.html"
-            if name not in ("index.html", "overlay.js", "overlay.css"):
-                raise ApiError(HTTPStatus.NOT_FOUND, f"no overlay file {name!r}")
-            data = (OVERLAY_DIR / name).read_bytes()
-            self._send_bytes(HTTPStatus.OK, data, _STATIC_TYPES[Path(name).suffix])
-            return True
-        if len(parts) == 3 and parts[0] == "streams" and parts[2] == "frame.jpg":
-            self._allow(method, "GET")
-            self._read_allowed(query)
-            index = None
-            if "index" in query:
-                try:
-                    index = int(query["index"][0])
-                except ValueError:
-                    raise ApiError(HTTPStatus.BAD_REQUEST, f"index must be an integer, got {query['index'][0]!r}") from None
-            snap = api.service.snapshot(parts[1], index)
-            self._send_bytes(HTTPStatus.OK, snap.jpeg, "image/jpeg", {
-                "X-Frame-Index": str(snap.frame_index), "X-Pts": "" if snap.pts is None else repr(snap.pts),
-                "X-Capture-Time": repr(snap.capture_time), "X-Frame-Width": str(snap.width),
-                "X-Frame-Height": str(snap.height),
-            })
-            return True
-        if len(parts) == 3 and parts[0] == "streams" and parts[2] == "events":
-            self._allow(method, "GET")
-            self._read_allowed(query)
-            self._event_stream(parts[1])
-            return True
-        return False
-
-    def _route(self, method: str) -> tuple[int, dict[str, Any]]:
-        path, parts, query = self._parts()
-        api = self.api
-        if parts == ["healthz"]:
-            self._allow(method, "GET")
-            body = api.service.health()
-            return (HTTPStatus.OK if body["status"] == "ok" else HTTPStatus.SERVICE_UNAVAILABLE), body
-        if method == "GET":
-            self._read_allowed(query)
-        if parts == ["recognitions"]:
-            self._allow(method, "GET")
-            return HTTPStatus.OK, api.service.recognitions()
-        if parts and parts[0] == "gallery" and len(parts) <= 2:
-            return self._gallery_route(method, parts)
-        if parts == ["streams"]:
-            self._allow(method, "GET", "POST")
-            if method == "GET":
-                return HTTPStatus.OK, {"streams": api.service.list_streams(), "sinks": api.service.sinks()}
-            api.check_auth(self.headers.get("Authorization"))
-            return HTTPStatus.CREATED, api.service.add_stream(self._json_body())
-        if len(parts) == 2 and parts[0] == "streams" and parts[1]:
-            self._allow(method, "GET", "DELETE")
-            if method == "GET":
-                return HTTPStatus.OK, api.service.get_stream(parts[1])
-            api.check_auth(self.headers.get("Authorization"))
-            return HTTPStatus.ACCEPTED, api.service.remove_stream(parts[1])
-        raise ApiError(HTTPStatus.NOT_FOUND, f"no route {path}")
-
-    def _gallery_route(self, method: str, parts: list[str]) -> tuple[int, dict[str, Any]]:
-        gallery = self.api.gallery
-        if parts == ["gallery"]:
-            self._allow(method, "GET")
-            if gallery is None:
-                raise ApiError(HTTPStatus.NOT_FOUND, "no gallery: IndexProcess.index_dir is not set")
-            return HTTPStatus.OK, gallery.info()
-        if parts == ["gallery", "items"]:
-            self._allow(method, "POST", "DELETE")
-            self.api.check_auth(self.headers.get("Authorization"))
-            if gallery is None:
-                raise ApiError(HTTPStatus.NOT_FOUND, "no gallery: IndexProcess.index_dir is not set")
-            body = self._json_body()
-            if method == "POST":
-                return HTTPStatus.CREATED, gallery.add(body)
-            return HTTPStatus.OK, gallery.remove(body)
-        raise ApiError(HTTPStatus.NOT_FOUND, f"no route /{'/'.join(parts)}")
-
-    def _event_stream(self, stream_id: str) -> None:
-        """Server-sent events until the client goes or the server stops: ``result`` per result (from Redis),
-        ``state`` every second (the stream's state and latency, from the supervisor)."""
-        api = self.api
-        if api.results is None:
-            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "the overlay's results come from Redis: Redis.url is not set")
-        api.service.get_stream(stream_id)  # 404 for an unknown stream, before the 200 goes out
-        self.send_response(HTTPStatus.OK)
-        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("Connection", "close")
-        self.send_header("X-Accel-Buffering", "no")
-        self.end_headers()
-        self.close_connection = True
-        import redis  # only the event streams need it here
-
-        def send(event: str, data: str) -> None:
-            self.wfile.write(f"event: {event}\ndata: {data}\n\n".encode("utf-8"))
-            self.wfile.flush()
-
-        try:
-            self.wfile.write(b"retry: 2000\n\n")
-            for text in api.results.follow(stream_id, api.closing):
-                if text is not None:
-                    send("result", text)
-                    continue
-                try:
-                    view = api.service.get_stream(stream_id)
-                except NotFound:
-                    send("state", json.dumps({"state": "removed", "reason": "the stream was removed", "latency_ms": {}}))
-                    return
-                send("state", json.dumps({"state": view["state"], "reason": view["reason"],
-                                          "latency_ms": view["last_latency_ms"]}, allow_nan=False))
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
-            return  # the viewer went away
-        except redis.RedisError as exc:
-            try:
-                send("error", json.dumps({"error": f"Redis: {exc}"}))
-            except OSError:
-                pass
-
-    def _allow(self, method: str, *allowed: str) -> None:
-        if method not in allowed:
-            self._allowed = ", ".join(allowed)
-            raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} not allowed here (allowed: {', '.join(allowed)})")
-
-    def _json_body(self) -> dict[str, Any]:
-        length_header = self.headers.get("Content-Length")
-        if length_header is None:
-            raise ApiError(HTTPStatus.LENGTH_REQUIRED, "Content-Length required")
-        try:
-            length = int(length_header)
-        except ValueError:
-            length = -1
-        if length < 0:
-            self.close_connection = True
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"bad Content-Length {length_header!r}")
-        if length > self.api.max_body_bytes:
-            self.close_connection = True  # the body is left unread
-            raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body of {length} bytes is over the {self.api.max_body_bytes}-byte limit")
-        raw = self.rfile.read(length)
-        self._body_read = True
-        try:
-            body = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"body is not JSON: {exc}") from None
-        except RecursionError:  # "[[[[..." deeper than the parser's stack: not a body this API takes
-            raise ApiError(HTTPStatus.BAD_REQUEST, "body is not JSON: nested too deeply") from None
-        if not isinstance(body, dict):
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"body must be a JSON object, got {type(body).__name__}")
-        return body
-
-    def _send_bytes(self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Cache-Control", "no-store")
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-
-    def _send(self, status: int, body: dict[str, Any]) -> None:
-        data = (json.dumps(body, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Cache-Control", "no-store")
-        if status == HTTPStatus.UNAUTHORIZED:
-            self.send_header("WWW-Authenticate", 'Bearer realm="vidrec"')
-        if status == HTTPStatus.METHOD_NOT_ALLOWED and self._allowed:
-            self.send_header("Allow", self._allowed)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
+    def _deadline(self, cycle: Any) -> None:
+        if self.cycle is cycle and (cycle is None or cycle.response_complete) and not self.transport.is_closing():
+            self.transport.close()
