@@ -441,6 +441,9 @@ class LiveSource:
             if delivered:
                 got += delivered
                 last_frame = time.monotonic()
+                # Progress counts from the frame, not only from its packet: a slow decode (a loaded CPU) must not
+                # make the watchdog take this reader for stuck before the stream even counts as stalled.
+                self._mark(generation, "reading")
                 continue
             # Packets keep coming but nothing decodes: give this connection up before the watchdog has to.
             idle = time.monotonic() - last_frame
