@@ -25,22 +25,27 @@ from pathlib import Path
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
-def table_rows(output: str) -> tuple[list[str], dict[str, list[float | None]]]:
-    """The last Markdown table header seen and every data row, by its first cell: the first number in each cell
-    (None where a cell has none)."""
-    header: list[str] = []
-    rows: dict[str, list[float | None]] = {}
+def tables(output: str) -> list[tuple[list[str], dict[str, list[float | None]]]]:
+    """Every Markdown table in ``output`` (a block of ``|``-lines: header, ``|---|``, rows): its header cells and
+    its data rows by first cell, each as the first number in each further cell (None where a cell has none)."""
+    blocks: list[list[list[str]]] = []
+    in_table = False
     for line in output.splitlines():
         line = line.strip()
-        if not (line.startswith("|") and line.endswith("|")) or set(line) <= set("|-: "):
-            continue
-        cells = [cell.strip() for cell in line.strip("|").split("|")]
-        values = [_first_number(cell) for cell in cells[1:]]
-        if all(v is None for v in values):
-            header = cells
-            continue
-        rows[cells[0]] = values
-    return header, rows
+        if line.startswith("|") and line.endswith("|"):
+            if not in_table:
+                blocks.append([])
+            blocks[-1].append([cell.strip() for cell in line.strip("|").split("|")])
+            in_table = True
+        else:
+            in_table = False
+    found = []
+    for block in blocks:
+        if len(block) < 2 or not all(set(cell) <= set("-: ") for cell in block[1]):
+            continue  # not a table: no separator under its first line
+        rows = {cells[0]: [_first_number(cell) for cell in cells[1:]] for cells in block[2:]}
+        found.append((block[0], rows))
+    return found
 
 
 def _first_number(cell: str) -> float | None:
@@ -67,28 +72,36 @@ def main() -> None:
     script = args.script[1:] if args.script[:1] == ["--"] else args.script
     if not script:
         parser.error("give the benchmark script after --")
-    results: dict[str, list[dict[str, list[float | None]]]] = {"before": [], "after": []}
-    header: list[str] = []
+    runs: dict[str, list[list[tuple[list[str], dict[str, list[float | None]]]]]] = {"before": [], "after": []}
     for round_no in range(args.rounds):
         for name, checkout in (("before", args.before), ("after", args.after)):
             print(f"round {round_no + 1}/{args.rounds}: {name} ({checkout})", file=sys.stderr, flush=True)
-            header, rows = table_rows(run_once(checkout.resolve(), script))
-            results[name].append(rows)
-    names = list(results["after"][-1])
-    columns = header[1:] if header else [f"column {i + 1}" for i in range(len(results["after"][-1][names[0]]))]
-    print(f"medians of {args.rounds} alternating rounds: {' '.join(script)}\n")
-    print("| row | column | before | after | after/before |")
-    print("|---|---|---|---|---|")
-    for row in names:
-        for i, column in enumerate(columns):
-            before = [r[row][i] for r in results["before"] if row in r and i < len(r[row]) and r[row][i] is not None]
-            after = [r[row][i] for r in results["after"] if row in r and i < len(r[row]) and r[row][i] is not None]
-            if not before or not after:
-                continue
-            b, a = statistics.median(before), statistics.median(after)
-            ratio = f"{a / b:.3f}" if b else "n/a"
-            print(f"| {row} | {column} | {b:g} | {a:g} | {ratio} |")
+            runs[name].append(tables(run_once(checkout.resolve(), script)))
+    print(f"medians of {args.rounds} alternating rounds (before, after, before, ...): {' '.join(script)}")
+    for number, (header, last_rows) in enumerate(runs["after"][-1]):
+        print(f"\n| {header[0]} | column | before | after | after/before |")
+        print("|---|---|---|---|---|")
+        for row in last_rows:
+            for i, column in enumerate(header[1:]):
+                b_values = _values(runs["before"], number, row, i)
+                a_values = _values(runs["after"], number, row, i)
+                if not b_values or not a_values:
+                    continue
+                b, a = statistics.median(b_values), statistics.median(a_values)
+                ratio = f"{a / b:.3f}" if b else "n/a"
+                print(f"| {row} | {column} | {b:g} | {a:g} | {ratio} |")
 
+
+def _values(rounds: list[list[tuple[list[str], dict[str, list[float | None]]]]], table: int, row: str,
+            column: int) -> list[float]:
+    """One cell's numbers over the rounds (rounds whose output lacks it are left out)."""
+    out = []
+    for found in rounds:
+        if table < len(found):
+            cells = found[table][1].get(row)
+            if cells is not None and column < len(cells) and cells[column] is not None:
+                out.append(cells[column])
+    return out
 
 if __name__ == "__main__":
     main()
