@@ -27,7 +27,8 @@ _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 def tables(output: str) -> list[tuple[list[str], dict[str, list[float | None]]]]:
     """Every Markdown table in ``output`` (a block of ``|``-lines: header, ``|---|``, rows): its header cells and
-    its data rows by first cell, each as the first number in each further cell (None where a cell has none)."""
+    its data rows by first cell; a cell holding several numbers (``183 / 292``) is as many columns, named
+    from the header's ``/``-separated parts when they match."""
     blocks: list[list[list[str]]] = []
     in_table = False
     for line in output.splitlines():
@@ -43,14 +44,21 @@ def tables(output: str) -> list[tuple[list[str], dict[str, list[float | None]]]]
     for block in blocks:
         if len(block) < 2 or not all(set(cell) <= set("-: ") for cell in block[1]):
             continue  # not a table: no separator under its first line
-        rows = {cells[0]: [_first_number(cell) for cell in cells[1:]] for cells in block[2:]}
-        found.append((block[0], rows))
+        header: list[str] = [block[0][0]]
+        widths = [max(len(_NUMBER.findall(cells[i])) if i < len(cells) else 0 for cells in block[2:]) or 1
+                  for i in range(1, len(block[0]))]
+        for name, width in zip(block[0][1:], widths):
+            parts = [part.strip() for part in name.split("/")]
+            header += parts if len(parts) == width else [f"{name} [{k + 1}]" if width > 1 else name for k in range(width)]
+        rows = {}
+        for cells in block[2:]:
+            values: list[float | None] = []
+            for i, width in enumerate(widths, start=1):
+                numbers = [float(n) for n in _NUMBER.findall(cells[i])] if i < len(cells) else []
+                values += (numbers + [None] * width)[:width]
+            rows[cells[0]] = values
+        found.append((header, rows))
     return found
-
-
-def _first_number(cell: str) -> float | None:
-    match = _NUMBER.search(cell)
-    return None if match is None else float(match.group())
 
 
 def run_once(checkout: Path, script_args: list[str]) -> str:
