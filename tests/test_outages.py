@@ -166,8 +166,12 @@ def test_a_full_spool_drops_the_oldest_counts_them_and_the_gaps_match(
     unique = set(got)
     gaps = max(unique) + 1 - len(unique)
     dropped = final["sinks"]["kafka"]["dropped"]
-    assert dropped > 0 and gaps == dropped, f"{gaps} seq gaps on the topic, {dropped} results counted as dropped"
-    assert len(unique) == final["counters"]["processed"] - dropped
+    # Every gap is a counted drop. The converse holds but for the batch in flight when the broker stopped (at most
+    # batch_max = spool_memory_results // 2 = 10 results): the broker may have appended some of it and gone down
+    # before acknowledging; they are dropped from the full spool later, yet on the topic. Seen once in a
+    # clean-clone CI run: 288 gaps, 289 dropped.
+    assert dropped > 0 and gaps <= dropped <= gaps + 10, f"{gaps} seq gaps on the topic, {dropped} results counted as dropped"
+    assert len(unique) == final["counters"]["processed"] - gaps, "every result made is on the topic or a gap"
 
 
 @pytest.mark.timeout(240)
