@@ -32,39 +32,16 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from service_probe import dropped, free_port, get_json, pct  # bench/ is on sys.path when run as a script
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def get_json(url: str, timeout: float = 10.0):
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return json.loads(response.read())
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
-
-
-def dropped(counters: dict) -> int:
-    return (counters["dropped_source"] + sum(counters["dropped_ring"].values()) + counters["dropped_backlog"]
-            + counters["dropped_too_old"])
 
 
 # ---- loopback HTTP/1.1 clients ------------------------------------------------------------------------------

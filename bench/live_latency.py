@@ -38,19 +38,18 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from proctree import descendants  # bench/ is on sys.path when a benchmark runs as a script
 from sample_gallery import ensure_gallery
+from service_probe import dropped, free_port, get_json, pct
 
 REPO = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -127,17 +126,6 @@ class CpuMeter(threading.Thread):
 
 
 # ------------------------------------------------------------------------------------------ HTTP / Kafka --
-def get_json(url: str, timeout: float = 5.0):
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return json.loads(r.read())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def create_topic(bootstrap: str, topic: str) -> None:
     from kafka.admin import KafkaAdminClient, NewTopic
 
@@ -193,18 +181,6 @@ class Consumer(threading.Thread):
 
 
 # ------------------------------------------------------------------------------------------ one run ------
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q / 100.0 * (len(values) - 1))))]
-
-
-def dropped(counters: dict) -> int:
-    return (counters["dropped_source"] + sum(counters["dropped_ring"].values()) + counters["dropped_backlog"]
-            + counters["dropped_too_old"])
-
-
 @dataclass
 class RunResult:
     cameras: int

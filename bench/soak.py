@@ -51,7 +51,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -65,6 +64,7 @@ from typing import Any
 
 from proctree import descendants  # bench/ is on sys.path when a benchmark runs as a script
 from sample_gallery import ensure_gallery
+from service_probe import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -222,12 +222,6 @@ class Api:
 def metrics_rss(text: str) -> dict[str, int]:
     return {m.group(1): int(float(m.group(2))) for m in re.finditer(
         r'^vidrec_process_resident_memory_bytes\{process="([^"]+)"\}\s+(\S+)', text, re.MULTILINE)}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------------------ the file loop --
