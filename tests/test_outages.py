@@ -102,7 +102,10 @@ def test_kafka_down_for_30s_stalls_nothing_and_loses_nothing(
             time.sleep(1.0)
         streams = serve.streams()
         for sid, before in processed_at_stop.items():
-            assert streams[sid]["counters"]["processed"] > before, f"{sid}: inference stalled while Kafka was down"
+            # A file whose frames were all processed by the time the broker was down has nothing left to go on
+            # with (seen in a clean-clone CI run on a quiet machine: 250 of 250 just after the broker stopped).
+            done = streams[sid]["frame_count"] is not None and before >= streams[sid]["frame_count"]
+            assert done or streams[sid]["counters"]["processed"] > before, f"{sid}: inference stalled while Kafka was down"
         depth = spooled(serve)
         assert depth["memory"] + depth["disk"] > 100, f"results waiting in the spool: {depth}"
         assert disk_seen > 0, "the spool went to disk beyond its memory part"
