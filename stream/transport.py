@@ -63,7 +63,9 @@ producer process dies without closing (SIGKILL, OOM), its segments stay: the con
 raises ``ProducerDiedError`` (it watches the producer's pid through a pidfd) within ``poll_s``, and
 the supervisor, which knows the run id and stream ids, removes them with
 ``unlink_stream_segments(run_id, stream_id)`` (or ``unlink_run_segments(run_id)``) before restarting
-the stream.
+the stream. When the consumer process dies, the slots it held stay IN_USE; the supervisor frees them
+with ``free_dead_consumer_slots(run_id, stream_id)`` and releases the queue's reader lock the dead
+process may hold (``free_dead_reader``) before starting the next consumer.
 
 Python 3.11's resource tracker registers every segment a process maps; producer and consumer must be
 started by the same supervisor (one process tree, one tracker), as vidrec does, or the consumer's
@@ -285,6 +287,39 @@ def unlink_stream_segments(run_id: str, stream_id: str) -> list[str]:
 def unlink_run_segments(run_id: str) -> list[str]:
     """Remove every segment of a run found in ``/dev/shm``: the supervisor's sweep at shutdown."""
     return [name for name in list_run_segments(run_id) if _unlink_name(name)]
+
+
+def free_dead_consumer_slots(run_id: str, stream_id: str) -> int:
+    """Free the slots of a stream's ring that its consumer held when its process died; returns how many.
+
+    For the supervisor, once the consumer's process is known to be dead and before the next one starts.
+    A file producer whose every slot the dead consumer held has nothing left to announce, so the next
+    consumer would never see a ref of that stream, never map its ring, and the stream would wait forever.
+    0 when the ring is gone (its producer has ended or died)."""
+    try:
+        ctl = SharedMemory(name=control_name(run_id, stream_id))
+    except FileNotFoundError:
+        return 0
+    try:
+        words = np.ndarray((_HEADER_WORDS,), np.int64, buffer=ctl.buf) if ctl.size >= _HEADER_WORDS * 8 else None
+        nslots = int(words[_H_NSLOTS]) if words is not None and words[_H_MAGIC] == _MAGIC else 0
+        del words
+        if not nslots or ctl.size < (_HEADER_WORDS + nslots * _SLOT_WORDS) * 8:
+            return 0
+        header, rows = _control_words(ctl, nslots)
+        with _RingMutex(ctl):
+            freed = _free_claims(rows)
+        del header, rows
+        return freed
+    finally:
+        ctl.close()
+
+
+def _free_claims(rows: np.ndarray) -> int:
+    """IN_USE -> FREE for every slot; call under the ring mutex, only when no live consumer holds a slot."""
+    stale = rows[:, _S_STATE] == IN_USE
+    rows[stale, _S_STATE] = FREE
+    return int(stale.sum())
 
 
 def make_frame_queue(ctx: Any, *, streams: int, slots: int) -> Any:
@@ -812,13 +847,12 @@ class _StreamView:
         self.header, self.rows = _control_words(ctl, nslots)
         self.mutex = _RingMutex(ctl)
         # A slot IN_USE now was claimed by an earlier consumer of this ring that died holding it (one consumer
-        # at a time, and this one holds nothing here yet): free it, or a live ring would lose the slot for good
-        # and a file ring could stall (a restarted inference process attaches this way).
+        # at a time, and this one holds nothing here yet): free it, or a live ring would lose the slot for good.
+        # (A ring whose producer waits on those slots sends no ref to attach by: free_dead_consumer_slots.)
         with self.mutex:
-            stale = self.rows[:, _S_STATE] == IN_USE
-            if stale.any():
-                self.rows[stale, _S_STATE] = FREE
-                log.warning("stream %r: %d slot(s) held by a consumer that is gone were freed", stream_id, int(stale.sum()))
+            stale = _free_claims(self.rows)
+        if stale:
+            log.warning("stream %r: %d slot(s) held by a consumer that is gone were freed", stream_id, stale)
         self.instance = int(self.header[_H_INSTANCE])
         self.pid = int(self.header[_H_PID])
         self.watch = _ProcessWatch(self.pid)

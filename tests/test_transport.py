@@ -29,6 +29,8 @@ from stream.transport import (
     FrameTooLargeError,
     ProducerDiedError,
     TransportError,
+    free_dead_consumer_slots,
+    free_dead_reader,
     list_run_segments,
     make_frame_queue,
     new_run_id,
@@ -303,6 +305,50 @@ def test_restarted_producer_never_gets_refs_left_by_the_dead_one(bikes_mp4: Path
         assert isinstance(end, EndOfStream)
         assert (end.counters.written, end.counters.taken, end.counters.dropped_total) == (2, 2, 0)
     assert shm_entries(run_id) == []
+
+
+def hold_and_wait(frames_queue, run_id: str, count: int, holding) -> None:
+    """A consumer that claims ``count`` frames, keeps them all and waits to be killed."""
+    consumer = FrameConsumer(frames_queue, run_id=run_id)
+    held = [consumer.receive(timeout_s=60) for _ in range(count)]
+    assert all(isinstance(lease, FrameLease) for lease in held)
+    holding.set()
+    time.sleep(600)
+
+
+@pytest.mark.timeout(120)
+def test_a_file_stream_goes_on_after_its_consumer_died_holding_every_slot(bikes_mp4: Path) -> None:
+    """Pins a stall seen when an inference worker was killed: its batch held every slot of a file ring, so the
+    producer waited for a free slot and announced nothing, and the next consumer never heard of the ring. The
+    supervisor frees the dead consumer's slots; the stream then goes on, missing only the frames it held."""
+    run_id = new_run_id()
+    frames_queue = make_frame_queue(SPAWN, streams=1, slots=2)
+    producer = start_producer(frames_queue, run_id, bikes_mp4, "cam", 20, "file", 2)
+    holding = SPAWN.Event()
+    dead = SPAWN.Process(target=hold_and_wait, args=(frames_queue, run_id, 2, holding), daemon=True)
+    dead.start()
+    try:
+        assert holding.wait(60), "the first consumer never held both slots"
+        os.kill(dead.pid, signal.SIGKILL)
+        dead.join(10)
+        free_dead_reader(frames_queue)
+        with FrameConsumer(frames_queue, run_id=run_id, poll_s=0.1) as consumer:
+            assert consumer.receive(timeout_s=1.0) is None, "nothing can come while the dead consumer's claims stand"
+            assert free_dead_consumer_slots(run_id, "cam") == 2
+            assert free_dead_consumer_slots(run_id, "cam") == 0
+            got = []
+            while not isinstance(item := consumer.receive(timeout_s=30), EndOfStream):
+                assert isinstance(item, FrameLease), "the stream stalled again"
+                with item:
+                    got.append(item.ref.index)
+        assert got == list(range(2, 20))
+        assert (item.counters.written, item.counters.taken, item.counters.dropped_total) == (20, 20, 0)
+    finally:
+        dead.kill()
+        stop(producer)
+    assert producer.exitcode == 0
+    assert shm_entries(run_id) == []
+    assert free_dead_consumer_slots(run_id, "cam") == 0  # ring gone
 
 
 def test_live_frame_dropped_when_the_consumer_holds_every_slot() -> None:

@@ -26,10 +26,11 @@ Its parts, one job each:
 
 Failures: a worker that dies is started again after a backoff (1 s doubling to 30 s; workers/children.py).
 A dead ingest process's live streams are added again; its unfinished file streams are marked ``failed`` (not
-replayed: that would publish duplicates). A dead inference worker's reader lock on the frame queue is freed
-(``free_dead_reader``) and every stream still running is announced to the next one; the results it had not
-handed to the sinks are lost (each stream's ``seq`` shows the gap). An inference worker that dies again and again
-within a minute of its start (6 times in a row), or cannot start again, stops the service with exit code 1.
+replayed: that would publish duplicates). A dead inference worker's reader lock on the frame queue and the frame
+slots it held are freed (``free_dead_reader``, ``free_dead_consumer_slots``), and every stream still running is
+announced to the next one; the results it had not handed to the sinks are lost (each stream's ``seq`` shows the
+gap). An inference worker that dies again and again within a minute of its start (6 times in a row), or cannot
+start again, stops the service with exit code 1.
 
 Stopping (SIGTERM or SIGINT; a second one stops without draining): the API refuses changes; every ingest
 process closes its sources and ends its producers, which wait (up to ``Service.drain_timeout_s``) for inference
@@ -60,6 +61,7 @@ from config.schema import StreamSpec
 from stream.errors import SinkError
 from stream.states import StreamState
 from stream.transport import (
+    free_dead_consumer_slots,
     free_dead_reader,
     make_frame_queue,
     new_run_id,
@@ -407,8 +409,13 @@ class Supervisor:
                 self._totals.inference_died()
                 self._inference_exit = None
                 self._ready = None
+                stream_ids = [entry.id for entry in self._streams]
             if free_dead_reader(self._frames):
                 log.warning("frame queue: the reader lock the dead inference worker held was released")
+            for stream_id in stream_ids:  # a file stream whose slots it held all would wait forever
+                if freed := free_dead_consumer_slots(self.run_id, stream_id):
+                    log.warning("stream %r: %d frame slot(s) the dead inference worker held were freed", stream_id,
+                                freed)
             return
         if now < child.restart_at:
             return
