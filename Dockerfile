@@ -8,7 +8,7 @@
 # does the same ahead of time.
 FROM python:3.11.15-slim
 WORKDIR /app
-COPY pyproject.toml requirements.lock README.md ./
+COPY pyproject.toml requirements.lock requirements-nodeps.txt README.md ./
 COPY config ./config
 COPY stream ./stream
 COPY models ./models
@@ -16,6 +16,7 @@ COPY workers ./workers
 COPY samples ./samples
 ARG VIDREC_ONNXRUNTIME=cpu
 RUN pip install --no-cache-dir -c requirements.lock . \
+ && pip install --no-cache-dir --no-deps -r requirements-nodeps.txt \
  && if [ "$VIDREC_ONNXRUNTIME" = gpu ]; then \
       pip uninstall -y onnxruntime \
       && pip install --no-cache-dir -c requirements.lock onnxruntime-gpu==1.31.1 \

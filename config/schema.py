@@ -87,6 +87,19 @@ class RecognizerSection(Section):
     model_file: str | None = Field(None, description="File in the model folder; default by backend: inference.onnx for onnx, inference.json / inference.pdmodel for paddle.")
 
 
+class TrackerSection(Section):
+    """vidrec: recognition per track instead of per box per frame (docs/tracking.md)."""
+
+    enabled: bool = Field(True, description="Track objects and recognise each track a few times; false: every box of every frame is recognised (PP-ShiTu's per-image behaviour).")
+    lost_track_s: float = Field(1.0, gt=0.0, le=60.0, description="A track with no detection for this long ends (stream time, so dropped live frames count as time).")
+    track_activation_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Detector score a box needs to start a track.")
+    high_conf_det_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Boxes below it can only extend a track (ByteTrack's second association).")
+    minimum_iou_threshold: float = Field(0.1, ge=0.0, le=1.0, description="Least IoU between a track's predicted box and a detection for them to match.")
+    embed_every: int = Field(10, ge=1, le=100000, description="Recognise a track's crop again after this many of its frames (and the whole-frame box after this many frames of the stream).")
+    embed_growth: float = Field(1.2, gt=1.0, le=100.0, description="Recognise a track's crop again when its box area has grown by this factor since the last time.")
+    min_votes: int = Field(2, ge=1, le=1000, description="Attempts an answer needs of its own before it names (or unnames) a track.")
+
+
 class VideoSection(Section):
     """vidrec: offline input handling."""
 
@@ -261,6 +274,7 @@ class VidrecConfig(Section):
     Detector: DetectorSection = Field(default_factory=DetectorSection)
     Recognizer: RecognizerSection = Field(default_factory=RecognizerSection)
     Video: VideoSection = Field(default_factory=VideoSection)
+    Tracker: TrackerSection = Field(default_factory=TrackerSection)
     Kafka: KafkaSection = Field(default_factory=KafkaSection)
     Redis: RedisSection = Field(default_factory=RedisSection)
     Service: ServiceSection = Field(default_factory=ServiceSection)

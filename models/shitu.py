@@ -32,6 +32,8 @@ class RecognizedBox:
     det_class_id: int
     label: str | None
     score: float | None
+    track_id: int | None = None  # with tracking (models/tracking): the box's track; None for none
+    embedded: bool = True  # its crop went through the recognizer for this frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,7 @@ class BatchRecognition:
     boxes: list[list[RecognizedBox]]
     times: StageTimes = field(default_factory=StageTimes)
     gallery_version: int | None = None
+    crops: list[int] | None = None  # per frame: crops that went through the recognizer (whole frame included)
 
 
 class _Detector(Protocol):
@@ -102,6 +105,7 @@ def assemble_frame(
     labels: Sequence[str | None],
     scores: np.ndarray,
     params: ShituParams,
+    embedded: bool = True,
 ) -> list[RecognizedBox]:
     """Apply ``score_thres`` and PP-ShiTu's NMS over recognised boxes; keep unrecognised detector boxes.
 
@@ -117,10 +121,12 @@ def assemble_frame(
     if rec_idx.size:
         kept = rec_idx[nms_xyxy(xyxy[rec_idx], scores[rec_idx], params.rec_nms_thresold)]
         for i in kept:
-            out.append(RecognizedBox(tuple(float(v) for v in xyxy[i]), float(det_scores[i]), int(class_ids[i]), labels[i], float(scores[i])))
+            out.append(RecognizedBox(tuple(float(v) for v in xyxy[i]), float(det_scores[i]), int(class_ids[i]), labels[i],
+                                     float(scores[i]), embedded=embedded))
     rest = [i for i in np.argsort(-det_scores, kind="stable") if not recognised[i] and class_ids[i] >= 0]
     for i in rest:
-        out.append(RecognizedBox(tuple(float(v) for v in xyxy[i]), float(det_scores[i]), int(class_ids[i]), None, None))
+        out.append(RecognizedBox(tuple(float(v) for v in xyxy[i]), float(det_scores[i]), int(class_ids[i]), None, None,
+                                 embedded=embedded))
     return out
 
 
@@ -135,6 +141,24 @@ class ShituSystem:
 
     def set_gallery(self, gallery: _Gallery | None) -> None:
         self.gallery = gallery
+
+    @property
+    def can_recognize(self) -> bool:
+        return self.gallery is not None and self.recognizer is not None
+
+    def search_crops(self, crops_rgb: Sequence[np.ndarray], gallery: _Gallery,
+                     times: StageTimes) -> tuple[list[str | None], np.ndarray]:
+        """Embed RGB crops in one recognizer call and search ``gallery``: the top-1 label (None where the gallery
+        had none) and similarity per crop; adds the stages' milliseconds to ``times``."""
+        assert self.recognizer is not None
+        t0 = time.perf_counter()
+        embeddings = self.recognizer.embed(crops_rgb)
+        t1 = time.perf_counter()
+        found = gallery.search(embeddings, 1)
+        t2 = time.perf_counter()
+        times.recognize += (t1 - t0) * 1000
+        times.search += (t2 - t1) * 1000
+        return [row[0] for row in found.labels], np.asarray(found.scores, dtype=np.float32)[:, 0]
 
     def run(self, images_bgr: Sequence[np.ndarray]) -> BatchRecognition:
         times = StageTimes()
@@ -156,16 +180,9 @@ class ShituSystem:
             for (boxes, _, _), img in zip(per_frame, images_bgr):
                 # PaddleClas recognizers take RGB; convert once per frame, not per crop.
                 crops.extend(crop_boxes(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), boxes))
-            t2 = time.perf_counter()
-            embeddings = self.recognizer.embed(crops)
-            t3 = time.perf_counter()
-            found = gallery.search(embeddings, 1)
-            t4 = time.perf_counter()
-            times.recognize = (t3 - t2) * 1000
-            times.search = (t4 - t3) * 1000
-            labels = [row[0] for row in found.labels]
-            scores = np.asarray(found.scores, dtype=np.float32)[:, 0]
+            labels, scores = self.search_crops(crops, gallery, times)
 
+        embedded = gallery is not None and self.recognizer is not None
         t5 = time.perf_counter()
         results: list[list[RecognizedBox]] = []
         start = 0
@@ -178,8 +195,10 @@ class ShituSystem:
                     labels=labels[start : start + count],
                     scores=scores[start : start + count],
                     params=self.params,
+                    embedded=embedded,
                 )
             )
             start += count
         times.post = (time.perf_counter() - t5) * 1000
-        return BatchRecognition(boxes=results, times=times, gallery_version=None if gallery is None else gallery.version)
+        return BatchRecognition(boxes=results, times=times, gallery_version=None if gallery is None else gallery.version,
+                                crops=counts if embedded else [0] * len(counts))

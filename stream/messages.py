@@ -1,7 +1,8 @@
 """The per-frame result message: one JSON object per frame, identical in every sink.
 
-Its shape is fixed by ``stream/schema/frame_result.v1.json`` (tests validate every sink's output
-against it). Bump ``SCHEMA_VERSION`` and add a new schema file for any incompatible change.
+Its shape is fixed by ``stream/schema/frame_result.v2.json`` (tests validate every sink's output
+against it). Bump ``SCHEMA_VERSION`` and add a new schema file for any incompatible change; the old files stay
+for consumers of older versions (docs/message-schema.md says what changed).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 # ``stream_state`` is one of these: the values of ``StreamState`` (stream/states.py).
 from stream.states import STREAM_STATES
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: objects carry track_id and embedded; labels are the track's vote
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,8 +23,10 @@ class ObjectResult:
 
     ``bbox`` is [x1, y1, x2, y2] in original-frame pixels. ``det_class`` is the detector's own class
     (a COCO name for PicoDet) kept even in mainbody mode; it is None for the whole-frame box that
-    PP-ShiTu always adds. ``label``/``score`` are the gallery's top-1 match, or None when no match
-    reached ``IndexProcess.score_thres``.
+    PP-ShiTu always adds. With tracking, ``label``/``score`` are the track's voted answer (None until the votes
+    name it); without, the gallery's top-1 match in this frame, or None when no match reached
+    ``IndexProcess.score_thres``. ``track_id`` is the object's track (None for the whole-frame box, a box no track
+    took, or tracking off); ``embedded`` is True when the crop went through the recognizer for this frame.
     """
 
     bbox: tuple[float, float, float, float]
@@ -31,6 +34,8 @@ class ObjectResult:
     det_class: str | None
     label: str | None
     score: float | None
+    track_id: int | None = None
+    embedded: bool = True
 
     def __post_init__(self) -> None:
         if len(self.bbox) != 4:
@@ -105,13 +110,15 @@ class FrameResult:
                 det_class=obj["det_class"],
                 label=obj["label"],
                 score=obj["score"],
+                track_id=obj.get("track_id"),  # absent from version 1
+                embedded=obj.get("embedded", True),
             )
             for obj in data["objects"]
         )
         return cls(**{**data, "objects": objects})
 
 
-def load_schema() -> dict[str, Any]:
-    """The JSON Schema that every message satisfies (for consumers and tests)."""
-    text = resources.files("stream").joinpath(f"schema/frame_result.v{SCHEMA_VERSION}.json").read_text()
+def load_schema(version: int = SCHEMA_VERSION) -> dict[str, Any]:
+    """The JSON Schema that every message of ``version`` satisfies (for consumers and tests)."""
+    text = resources.files("stream").joinpath(f"schema/frame_result.v{version}.json").read_text()
     return json.loads(text)

@@ -74,8 +74,25 @@ def test_results_carry_the_callers_context_and_every_latency_stage(cfg: VidrecCo
         assert result.latency_ms["detect"] == recognized.times.detect
         assert result.gallery_version == 1
     assert results[2].latency_ms["camera"] == pytest.approx(frames[2].capture_time * 1000.0 - camera_ms)
-    # Recognised for real: the cyclist of the gallery (cropped from frame 120) is named on a person.
-    assert any(o.label == "cyclist" and o.det_class == "person" for o in results[1].objects)
+    # Recognised for real: the cyclist of the gallery (cropped from frame 120) is named on a person's track once
+    # two of its crops agreed (Tracker.min_votes, the default 2), and keeps that track's id.
+    [cyclist] = [o for o in results[2].objects if o.label == "cyclist"]
+    assert cyclist.det_class == "person" and cyclist.track_id is not None and cyclist.embedded
+    events = [(e.event, e.track_id, e.label) for e in recognized.events if e.track_id == cyclist.track_id]
+    assert events[0] == ("started", cyclist.track_id, None) and ("labelled", cyclist.track_id, "cyclist") in events
+
+
+def test_without_tracking_every_box_of_every_frame_is_recognised(cfg: VidrecConfig, frames: list[Frame]) -> None:
+    system = build_system(cfg)
+    step = RecognitionStep(system, class_names=system.detector.class_names, tracking=None)
+    recognized = step.run(frames)
+    # PP-ShiTu per image: the cyclist is named in every frame on its own, no track, every crop embedded.
+    for result in recognized.results:
+        assert any(o.label == "cyclist" and o.det_class == "person" for o in result.objects), result.frame_index
+        assert all(o.track_id is None and o.embedded for o in result.objects)
+    assert recognized.events == []
+    # Each frame's detector boxes plus its whole-frame box went through the recognizer.
+    assert recognized.crops == [len(d.xyxy) + 1 for d in system.detector.detect([f.image_bgr for f in frames])]
 
 
 def test_without_context_a_result_is_a_file_jobs(cfg: VidrecConfig, frames: list[Frame]) -> None:

@@ -12,8 +12,12 @@ batch's stage times), ``total`` (capture → results ready, i.e. handed to the s
 batch start) when the caller says when its batch started, and ``camera`` (the wall-clock stamp in the pixels →
 capture) for frames the caller marks ``clock_stamped``.
 
+With tracking (``Tracker.enabled``, the default; models/tracking), the step keeps each stream's tracks between
+batches (``TrackedSystem``, keyed by stream id) and each result's boxes carry their track's id and voted answer;
+what happened to the tracks comes out as ``TrackEvent``s beside the results. A caller ends a stream's tracks when
+the stream ends, is removed or restarts (``end_stream``); a resolution change or time going back ends them by itself.
+
 What the step does not know: where frames come from, how they were batched or dropped, where results go.
-Per-stream state that outlives a batch (tracks, next) belongs here, keyed by stream id.
 """
 from __future__ import annotations
 
@@ -24,10 +28,13 @@ from typing import Sequence
 
 from config import VidrecConfig
 from models.gallery_watch import GalleryWatcher
-from models.shitu import BatchRecognition, RecognizedBox, ShituSystem, StageTimes
+from models.shitu import RecognizedBox, ShituSystem, StageTimes
+from models.tracking import FrameMeta, TrackChange, TrackedSystem, TrackingParams
 from stream.clockcode import decode_clock
 from stream.frames import Frame
 from stream.messages import FrameResult, ObjectResult
+from stream.track_events import TrackEvent
+from workers.system import tracking_params
 
 # How often a running job looks for a new gallery version in IndexProcess.index_dir (a few stat calls).
 GALLERY_POLL_S = 0.5
@@ -50,6 +57,8 @@ NO_CONTEXT = FrameContext()
 class RecognizedBatch:
     results: list[FrameResult]  # one per frame, in the frames' order
     times: StageTimes  # the batch's stage times, milliseconds
+    events: list[TrackEvent]  # what happened to tracks, in the order it happened (empty without tracking)
+    crops: list[int]  # per frame: crops that went through the recognizer
 
 
 def gallery_watcher(cfg: VidrecConfig, system: ShituSystem, *, interval_s: float = GALLERY_POLL_S) -> GalleryWatcher | None:
@@ -70,14 +79,22 @@ class RecognitionStep:
     """``system`` run over batches of frames, with ``watcher`` (if any) swapping in new gallery versions;
     ``class_names`` name the detector's class ids in the results."""
 
-    def __init__(self, system: ShituSystem, *, class_names: Sequence[str], watcher: GalleryWatcher | None = None) -> None:
+    def __init__(self, system: ShituSystem, *, class_names: Sequence[str], watcher: GalleryWatcher | None = None,
+                 tracking: TrackingParams | None = None) -> None:
         self.system = system
         self.class_names = class_names
         self.watcher = watcher
+        self.tracked = None if tracking is None else TrackedSystem(system, tracking)
 
     @classmethod
     def from_config(cls, cfg: VidrecConfig, system: ShituSystem, *, class_names: Sequence[str]) -> "RecognitionStep":
-        return cls(system, class_names=class_names, watcher=gallery_watcher(cfg, system))
+        return cls(system, class_names=class_names, watcher=gallery_watcher(cfg, system), tracking=tracking_params(cfg))
+
+    def end_stream(self, stream_id: str, reason: str, *, run_id: str | None = None) -> list[TrackEvent]:
+        """End a stream's tracks (it ended, was removed or restarted): their ``ended`` events."""
+        if self.tracked is None:
+            return []
+        return [self._event(change, stream_id, run_id) for change in self.tracked.end(stream_id, reason)]
 
     @property
     def gallery_version(self) -> int | None:
@@ -100,14 +117,23 @@ class RecognitionStep:
             raise ValueError(f"{len(frames)} frame(s) but {len(contexts)} context(s)")
         self._reload_gallery()
         stamps = [decode_clock(f.image_bgr) if c.clock_stamped else None for f, c in zip(frames, contexts)]
-        recognition = self.system.run([f.image_bgr for f in frames])
-        # Tracking (next) joins here: boxes → tracks per stream, before the results are built.
+        images = [f.image_bgr for f in frames]
+        events: list[TrackEvent] = []
+        if self.tracked is None:
+            recognition = self.system.run(images)
+            boxes_per_frame, times, version = recognition.boxes, recognition.times, recognition.gallery_version
+            crops = recognition.crops or [0] * len(frames)
+        else:
+            tracked = self.tracked.run(images, [FrameMeta(f.stream_id, f.index, f.pts, f.capture_time) for f in frames])
+            boxes_per_frame, times, version, crops = tracked.boxes, tracked.times, tracked.gallery_version, tracked.crops
+            for frame, context, changes in zip(frames, contexts, tracked.changes):
+                events.extend(self._event(change, frame.stream_id, context.run_id) for change in changes)
         ready = time.time()
         results = [
-            self._result(frame, boxes, context, stamp, recognition, ready=ready, batch_started=batch_started)
-            for frame, boxes, context, stamp in zip(frames, recognition.boxes, contexts, stamps)
+            self._result(frame, boxes, context, stamp, times, version, ready=ready, batch_started=batch_started)
+            for frame, boxes, context, stamp in zip(frames, boxes_per_frame, contexts, stamps)
         ]
-        return RecognizedBatch(results, recognition.times)
+        return RecognizedBatch(results, times, events, list(crops))
 
     def _reload_gallery(self) -> None:
         if self.watcher is None:
@@ -116,20 +142,47 @@ class RecognitionStep:
         if fresh is not None:
             self.system.set_gallery(fresh)
 
+    def _class_name(self, class_id: int) -> str | None:
+        return self.class_names[class_id] if class_id >= 0 else None
+
+    def _event(self, change: TrackChange, stream_id: str, run_id: str | None) -> TrackEvent:
+        track = change.track
+        return TrackEvent(
+            event=change.kind,
+            stream_id=stream_id,
+            track_id=track.track_id,
+            frame_index=change.frame_index,
+            time=change.capture_time if change.frame_index >= 0 else track.last_capture,
+            label=track.label,
+            score=track.score,
+            det_class=self._class_name(track.det_class_id),
+            box=track.box,
+            first_seen=track.first_capture,
+            last_seen=track.last_capture,
+            dwell_s=track.dwell_s,
+            attempts=track.attempts,
+            best_box=track.best_box,
+            best_frame_index=track.best_frame,
+            previous_label=change.previous_label,
+            reason=change.reason,
+            run_id=run_id,
+        )
+
     def _result(self, frame: Frame, boxes: Sequence[RecognizedBox], context: FrameContext, stamp: int | None,
-                recognition: BatchRecognition, *, ready: float, batch_started: float | None) -> FrameResult:
-        names = self.class_names
+                times: StageTimes, gallery_version: int | None, *, ready: float,
+                batch_started: float | None) -> FrameResult:
         objects = tuple(
             ObjectResult(
                 bbox=box.xyxy,
                 det_score=min(max(box.det_score, 0.0), 1.0),
-                det_class=names[box.det_class_id] if box.det_class_id >= 0 else None,
+                det_class=self._class_name(box.det_class_id),
                 label=box.label,
                 score=box.score,
+                track_id=box.track_id,
+                embedded=box.embedded,
             )
             for box in boxes
         )
-        times = recognition.times
         capture = frame.capture_time
         latency = {
             "decode": frame.decode_ms,
@@ -152,7 +205,7 @@ class RecognitionStep:
             height=frame.height,
             latency_ms=latency,
             objects=objects,
-            gallery_version=recognition.gallery_version,
+            gallery_version=gallery_version,
             stream_state=context.stream_state,
             seq=context.seq,
             run_id=context.run_id,

@@ -15,6 +15,7 @@ from models.recognizer import Recognizer
 from models.resolve import REGISTRY, resolve_model_dir
 from models.runtime import RuntimeOptions
 from models.shitu import ShituParams, ShituSystem
+from models.tracking import EmbedPolicy, TrackerParams, TrackingParams, VoteRule
 
 log = logging.getLogger(__name__)
 
@@ -117,3 +118,20 @@ def build_system(cfg: VidrecConfig) -> ShituSystem:
         log.info("gallery %s: %d entries, version %d", cfg.IndexProcess.index_dir, gallery.size, gallery.version)
     params = ShituParams(rec_nms_thresold=cfg.Global.rec_nms_thresold, score_thres=cfg.IndexProcess.score_thres)
     return ShituSystem(detector=detector, recognizer=recognizer, gallery=gallery, params=params)
+
+
+def tracking_params(cfg: VidrecConfig) -> TrackingParams | None:
+    """The ``Tracker`` section as the tracking code's parameters; None when tracking is off."""
+    t = cfg.Tracker
+    if not t.enabled:
+        return None
+    return TrackingParams(
+        tracker=TrackerParams(
+            lost_track_s=t.lost_track_s,
+            track_activation_threshold=t.track_activation_threshold,
+            high_conf_det_threshold=t.high_conf_det_threshold,
+            minimum_iou_threshold=t.minimum_iou_threshold,
+        ),
+        embed=EmbedPolicy(every=t.embed_every, growth=t.embed_growth),
+        votes=VoteRule(min_votes=t.min_votes),
+    )
