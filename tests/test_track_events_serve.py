@@ -105,8 +105,10 @@ def test_track_events_reach_kafka_redis_metrics_and_the_api(
         samples = wait_for(counted, 30, "the file's track events counted on /metrics")
         assert samples[("vidrec_tracks_active", (("stream", "file"),))] == 0
         crops = samples[("vidrec_recognizer_crops_total", (("stream", "file"),))]
+        # Every embedded box was a crop; the whole-frame box is one more crop that shows only when it was named
+        # (PP-ShiTu's rule), and the recognition NMS may drop a recognised box: so at most one per frame more.
         embedded = sum(obj["embedded"] for m in results.of("file") for obj in m.value["objects"])
-        assert crops == embedded > 0, (crops, embedded)
+        assert 0 < embedded <= crops <= embedded + FRAMES, (crops, embedded)
 
         # -- the camera: Redis holds its current tracks, each the newest event of a live track ---------------
         def current() -> dict[str, str] | None:
