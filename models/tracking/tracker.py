@@ -6,7 +6,9 @@ tracks over the real gap instead of one nominal frame. Measured on TUD-Campus pu
 
 What this adapter adds:
 - boxes are clipped to the frame; a box with no area left is never tracked (its id is -1);
-- track ids are vidrec's: unique in the stream's run across tracker resets (``first_id``), starting at 1;
+- track ids are vidrec's: unique in the stream's run across tracker resets (``first_id``), starting at 1.
+  As in ByteTrack, a track is confirmed by its second detection: an object's first box has no id (-1), so an
+  object seen in one frame only never becomes a track;
 - time that goes back (a file looped, a camera's clock reset) is refused with ``TimeWentBack`` so the caller can
   end the tracks and start a new tracker, rather than the library skipping updates with a warning.
 
@@ -60,9 +62,9 @@ def _bytetrack(params: TrackerParams):  # noqa: ANN202 - the library's type
 def clip_boxes(xyxy: np.ndarray, *, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
     """Boxes clipped to the frame, and which of them still have an area (a pure function)."""
     boxes = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4).copy()
+    finite = np.isfinite(boxes).all(axis=1)  # before clipping, which would make an infinite edge the frame's
     boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0.0, float(width))
     boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0.0, float(height))
-    finite = np.isfinite(boxes).all(axis=1)
     has_area = finite & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     return boxes, has_area
 

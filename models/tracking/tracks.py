@@ -146,7 +146,8 @@ class FramePlan:
 
 
 class StreamTracks:
-    """The tracks of one stream, fed its frames in order."""
+    """The tracks of one stream, fed its frames in order. A track starts (``started``) at its first frame with an
+    id, its object's second detection (the tracker confirms a track there)."""
 
     def __init__(self, params: TrackingParams, *, first_id: int = 1) -> None:
         self.params = params
