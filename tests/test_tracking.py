@@ -210,3 +210,16 @@ def test_thumbnail(shape, expected) -> None:
     crop = np.full(shape, 7, np.uint8)
     small = thumbnail(crop)
     assert small.shape == expected and small is not crop and int(small[0, 0, 0]) == 7
+
+
+def test_trackers_runs_on_the_headless_opencv_alone() -> None:
+    """trackers is installed with --no-deps (requirements-nodeps.txt): it asks for opencv-python, which would share
+    the cv2 folder with opencv-python-headless. Only the headless build may be installed, and trackers must import."""
+    from importlib import metadata
+
+    import trackers
+
+    assert metadata.version("trackers") == "2.6.1" and trackers.ByteTrackTracker is not None
+    assert metadata.version("opencv-python-headless")
+    with pytest.raises(metadata.PackageNotFoundError):
+        metadata.version("opencv-python")
