@@ -223,3 +223,42 @@ def test_trackers_runs_on_the_headless_opencv_alone() -> None:
     assert metadata.version("opencv-python-headless")
     with pytest.raises(metadata.PackageNotFoundError):
         metadata.version("opencv-python")
+
+
+def test_a_track_never_changes_class() -> None:
+    """A rider's person box and the bike's box overlap almost wholly: tracked per class, each keeps its own id."""
+    tracker = StreamTracker(TrackerParams())
+    rider, bike = [100, 50, 160, 200], [95, 110, 170, 210]
+    for n in range(4):
+        shift = 3 * n
+        boxes = np.array([[rider[0] + shift, rider[1], rider[2] + shift, rider[3]],
+                          [bike[0] + shift, bike[1], bike[2] + shift, bike[3]]], dtype=np.float32)
+        # in frame 2 the detector swaps their order: the ids follow the classes, not the rows
+        order = [1, 0] if n == 2 else [0, 1]
+        ids = tracker.update(boxes[order], np.array([0.9, 0.9]), timestamp=n / 25, width=640, height=480,
+                             class_ids=np.array([0, 1])[order])
+        if n >= 1:
+            by_class = dict(zip(np.array([0, 1])[order].tolist(), ids.tolist()))
+            assert by_class == {0: 1, 1: 2}, n
+    assert tracker.kept_ids() == {1, 2}
+
+
+def test_a_box_that_changes_class_starts_another_track_and_the_old_one_ends() -> None:
+    tracker = StreamTracker(TrackerParams(lost_track_s=0.2))
+    box = np.array([[10, 10, 50, 90]], dtype=np.float32)
+    for n in range(3):
+        tracker.update(box, np.array([0.9]), timestamp=n / 25, width=640, height=480, class_ids=np.array([0]))
+    for n in range(3, 6):
+        ids = tracker.update(box, np.array([0.9]), timestamp=n / 25, width=640, height=480, class_ids=np.array([2]))
+    assert ids.tolist() == [2] and tracker.kept_ids() == {1, 2}
+    for n in range(6, 12):  # the bike goes on; the person's tracker ages without boxes
+        tracker.update(box, np.array([0.9]), timestamp=n / 25, width=640, height=480, class_ids=np.array([2]))
+    assert tracker.kept_ids() == {2}  # class 0's track, unseen for 0.36 s, ended; its tracker is gone too
+    assert list(tracker._trackers) == [2]
+
+
+def test_repeated_times_are_frames() -> None:
+    tracker = StreamTracker(TrackerParams())
+    box = np.array([[10, 10, 50, 90]], dtype=np.float32)
+    got = [tracker.update(box, np.array([0.9]), timestamp=1.0, width=640, height=480).tolist() for _ in range(4)]
+    assert got == [[-1], [1], [1], [1]]  # a still image read four times, or a camera with a stuck clock
