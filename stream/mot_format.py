@@ -118,14 +118,13 @@ def _frame(frame: int, detections: list[MotDetection]) -> MotFrame:
 def read_detections(path: Path) -> list[MotFrame]:
     """A MOTChallenge detections file, parsed; SourceError names the file (and line) when it cannot be used."""
     try:
-        with open(path, encoding="utf-8") as handle:
+        # A byte that is not UTF-8 becomes U+FFFD, so the bad line is refused with its number like any other.
+        with open(path, encoding="utf-8", errors="replace") as handle:
             return parse_detections(handle, name=str(path))
     except FileNotFoundError:
         raise SourceError(f"{path}: no such detections file") from None
     except IsADirectoryError:
         raise SourceError(f"{path}: is a folder, not a detections file") from None
-    except UnicodeDecodeError as exc:
-        raise SourceError(f"{path}: not a text file ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise SourceError(f"{path}: cannot read: {exc.strerror}") from None
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from stream.mot_format import (
     format_results,
     parse_detection_line,
     parse_detections,
+    read_detections,
 )
 
 
@@ -85,6 +87,13 @@ def test_parse_detections_names_file_and_line() -> None:
     lines = ["1,-1,0,0,10,10,0.5\n", "\n", "2,-1,0,0,10,10,7\n"]
     with pytest.raises(SourceError, match=r"^det\.txt:3: score 7 is outside 0\.\.1"):
         parse_detections(lines, name="det.txt")
+
+
+def test_read_detections_names_a_line_that_is_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "det.txt"
+    path.write_bytes(b"1,-1,1,2,3,4,0.5\n1,-1,\xff,2,3,4,0.5\n")
+    with pytest.raises(SourceError, match=re.escape(f"{path}:2: x is not a number")):
+        read_detections(path)
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,10 @@ live stream's dropped frames are), which ``Tracker.lost_track_s`` counts.
 The frame size: the tracker clips boxes to the frame as `vidrec video` does. With ``--size WxH`` that is the
 image's size. Without it, nothing is clipped: the tracker gets a frame just large enough to hold every box of the
 file (shifted so that boxes left of or above the image edge stay whole; the shift changes no IoU nor any written box).
+
+What is written: each detection a track took, with the detection's own box and score and the track's id (>= 1).
+A detection no track took has no line; that includes a track's first detection, as the tracker names a track
+from its second one on (ByteTrack of ``trackers`` spawns tracks unnamed), as it does in `vidrec video`.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from config import ConfigError, VidrecConfig
 from models.tracking.tracker import StreamTracker, TrackerParams
 from stream.errors import SinkError
 from stream.mot_format import MotFrame, format_results, read_detections
+from workers.system import tracking_params
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +57,11 @@ class TrackSummary:
 
     @property
     def tracker_fps(self) -> float:
-        return self.frames / self.tracker_seconds if self.tracker_seconds > 0 else float("inf")
+        return self.frames / self.tracker_seconds if self.tracker_seconds > 0 else 0.0
 
 
 def tracker_params(cfg: VidrecConfig, *, frame_rate: float) -> TrackerParams:
     """The ``Tracker`` section as the tracker's settings, as `vidrec video` builds them; refused when it is off."""
-    from workers.system import tracking_params
-
     tracking = tracking_params(cfg)
     if tracking is None:
         raise ConfigError("Tracker.enabled=false: `vidrec track` runs the tracker, so it cannot be off here")
