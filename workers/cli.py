@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the tracker `vidrec video` and `vidrec serve` use (Tracker.* settings honoured) over "
         "MOTChallenge detections (frame,-1,x,y,w,h,score,... with 1-based frames, top-left x/y, scores 0..1) and "
         "write MOTChallenge results (frame,id,x,y,w,h,score,-1,-1,-1), one line per tracked box, for scorers such "
-        "as motmetrics or TrackEval. Frame n is at (n-1)/FPS seconds.",
+        "as motmetrics or TrackEval. Frame n is at (n-1)/FPS seconds; frames without detections still pass time. "
+        "A track is named from its second detection on, so its first has no results line.",
     )
     track.add_argument("detections", type=Path, metavar="DETECTIONS.txt", help="MOTChallenge detections file")
     track.add_argument("--out", type=Path, required=True, metavar="RESULTS.txt", help="MOTChallenge results file to write")
