@@ -27,7 +27,7 @@ def test_attempt_weight_needs_a_frame() -> None:
 
 def run(attempts: list[tuple[str | None, float, float]], min_votes: int = 2) -> list[tuple[str | None, bool]]:
     """Each attempt (label, similarity, weight) → (the track's label after it, whether it changed)."""
-    votes = Votes(rule=VoteRule(min_votes=min_votes))
+    votes = Votes(rule=VoteRule(min_votes=min_votes, score_thres=0.7))
     after = []
     for label, similarity, weight in attempts:
         changed = votes.add(label, similarity, weight)
@@ -38,25 +38,30 @@ def run(attempts: list[tuple[str | None, float, float]], min_votes: int = 2) -> 
 @pytest.mark.parametrize(
     "min_votes, attempts, expected",
     [
-        # one lucky crop does not name a track; the second agreeing one does
+        # one lucky crop does not name a track; the second agreeing one does (mean 0.85 >= 0.7)
         (2, [("alice", 0.9, 0.3), ("alice", 0.8, 0.3)], [(None, False), ("alice", True)]),
         # min_votes 1: the first attempt names it
         (1, [("alice", 0.9, 0.3)], [("alice", True)]),
-        # two different answers, one each: nothing settles yet
+        # two different labels, one attempt each: nothing settles yet
         (2, [("alice", 0.9, 0.3), ("bob", 0.9, 0.4)], [(None, False), (None, False)]),
-        # then bob gets a second vote and the most weight: bob
+        # then bob gets a second attempt and leads: bob
         (2, [("alice", 0.9, 0.3), ("bob", 0.9, 0.4), ("bob", 0.8, 0.2)], [(None, False), (None, False), ("bob", True)]),
-        # named alice; two weaker bob votes do not outweigh alice's two stronger ones
+        # near misses one by one (0.68, 0.69) and a hit (0.78): the mean 0.717 names the track
+        (2, [("dana", 0.68, 0.1), ("dana", 0.69, 0.1), ("dana", 0.78, 0.1)], [(None, False), (None, False), ("dana", True)]),
+        # named alice; two weaker bob attempts do not outweigh alice's two stronger ones
         (2, [("alice", 0.9, 0.5), ("alice", 0.9, 0.5), ("bob", 0.8, 0.2), ("bob", 0.8, 0.2)],
          [(None, False), ("alice", True), ("alice", False), ("alice", False)]),
         # ...but a later, stronger vote renames it
         (2, [("alice", 0.9, 0.2), ("alice", 0.9, 0.2), ("bob", 0.9, 0.5), ("bob", 0.9, 0.5)],
          [(None, False), ("alice", True), ("alice", False), ("bob", True)]),
-        # the gallery does not know it: unknown attempts hold it unnamed
-        (2, [(None, 0.4, 0.1), (None, 0.5, 0.1), ("alice", 0.71, 0.1)], [(None, False), (None, False), (None, False)]),
-        # named, then the unknown votes outweigh it: unnamed again
-        (2, [("alice", 0.8, 0.1), ("alice", 0.8, 0.1), (None, 0.5, 0.2), (None, 0.5, 0.2)],
+        # an object the gallery does not hold: its top-1 wanders at low similarity, it stays unnamed
+        (2, [("alice", 0.4, 0.1), ("bob", 0.5, 0.1), ("alice", 0.45, 0.1), ("carol", 0.6, 0.1)],
+         [(None, False), (None, False), (None, False), (None, False)]),
+        # named, then a leading label whose mean stays under the threshold: unnamed again (its item left the gallery)
+        (2, [("alice", 0.8, 0.1), ("alice", 0.8, 0.1), ("bob", 0.5, 0.2), ("bob", 0.5, 0.2)],
          [(None, False), ("alice", True), ("alice", False), (None, True)]),
+        # no answer at all from the gallery (an empty gallery) never names a track
+        (2, [(None, 0.0, 0.0), (None, 0.0, 0.0)], [(None, False), (None, False)]),
     ],
 )
 def test_the_vote(min_votes: int, attempts: list, expected: list) -> None:
@@ -64,7 +69,7 @@ def test_the_vote(min_votes: int, attempts: list, expected: list) -> None:
 
 
 def test_score_is_the_winners_mean_similarity_and_restart_keeps_the_answer() -> None:
-    votes = Votes(rule=VoteRule(min_votes=2))
+    votes = Votes(rule=VoteRule(min_votes=2, score_thres=0.7))
     votes.add("alice", 0.9, 0.3)
     votes.add("alice", 0.7, 0.3)
     assert (votes.label, votes.score, votes.attempts, votes.tallied) == ("alice", pytest.approx(0.8), 2, 2)

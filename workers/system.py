@@ -133,5 +133,5 @@ def tracking_params(cfg: VidrecConfig) -> TrackingParams | None:
             minimum_iou_threshold=t.minimum_iou_threshold,
         ),
         embed=EmbedPolicy(every=t.embed_every, growth=t.embed_growth),
-        votes=VoteRule(min_votes=t.min_votes),
+        votes=VoteRule(min_votes=t.min_votes, score_thres=cfg.IndexProcess.score_thres),
     )

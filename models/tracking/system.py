@@ -179,7 +179,6 @@ class TrackedSystem:
             label, score = tracks.whole_frame_answer
             out.append(RecognizedBox((0.0, 0.0, float(plan.width), float(plan.height)), 1.0, -1, label, score,
                                      track_id=None, embedded=whole is not None))
-        threshold = self.system.params.score_thres
         order = np.argsort(-plan.det_scores, kind="stable")
         for row in order.tolist():
             box = tuple(float(v) for v in plan.xyxy[row])
@@ -191,8 +190,7 @@ class TrackedSystem:
                 continue
             if answer is not None:
                 label, score, crop = answer
-                change = tracks.record(track_id, label=label if label is not None and score >= threshold else None,
-                                       similarity=score, box_area=(box[2] - box[0]) * (box[3] - box[1]),
+                change = tracks.record(track_id, label=label, similarity=score, box_area=(box[2] - box[0]) * (box[3] - box[1]),
                                        frame_area=frame_area, frame_index=meta.index, capture_time=meta.capture_time,
                                        crop_rgb=crop)
                 if change is not None:
