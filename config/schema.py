@@ -116,6 +116,8 @@ class KafkaSection(Section):
 
     bootstrap: str | None = Field(None, description="host:port[,host:port]; None disables the Kafka sink.")
     topic: str = Field("vidrec.results", min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")
+    tracks_topic: str | None = Field(None, min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$",
+                                     description="Topic of the track events (with Tracker.enabled); null: <topic>.tracks.")
     connect_timeout_s: float = Field(5.0, gt=0, le=120)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field("PLAINTEXT", description="kafka-python security_protocol.")
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(None, description="Required with SASL_PLAINTEXT / SASL_SSL.")
@@ -128,6 +130,11 @@ class KafkaSection(Section):
     spool_memory_results: int = Field(10_000, ge=2, le=10_000_000, description="`vidrec serve`: results waiting for Kafka kept in memory; more go to disk.")
     spool_dir: str | None = Field(None, min_length=1, description="`vidrec serve`: folder for the spool's segment files (emptied at start); null: a new folder in the system's temp dir.")
     spool_max_bytes: int = Field(512 * 1024 * 1024, ge=0, description="`vidrec serve`: most bytes of spooled results on disk (0: memory only); beyond it the oldest are dropped and counted.")
+
+    @property
+    def tracks_topic_name(self) -> str:
+        """The topic track events go to: ``tracks_topic``, or ``<topic>.tracks``."""
+        return self.tracks_topic or f"{self.topic}.tracks"
 
     @field_validator("spool_max_bytes")
     @classmethod

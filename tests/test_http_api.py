@@ -71,6 +71,12 @@ class DictService:
         self.get_stream(stream_id)
         raise NotFound(f"stream {stream_id!r}: no snapshot yet")
 
+    def track_events(self, after: int | None, limit: int) -> dict[str, Any]:
+        return {"events": [], "next": after or 0}
+
+    def thumbnail(self, stream_id: str, run_id: str, track_id: int) -> bytes:
+        raise NotFound(f"no thumbnail of track {track_id} of stream {stream_id!r} in run {run_id!r}")
+
 
 def _client(host: str = "127.0.0.1", token: str | None = TOKEN, read_auth: bool = False) -> Iterator[TestClient]:
     api = ApiServer(host, 0, DictService(), token=token, read_auth=read_auth)
@@ -123,6 +129,14 @@ REFUSALS = [
     ("POST", "/streams", b" " * (65 * 1024), AUTH, 413, "body of 66560 bytes is over the 65536-byte limit"),
     # a frame index must be a number
     ("GET", "/streams/cam/frame.jpg?index=abc", None, {}, 400, "index must be an integer, got 'abc'"),
+    # track events: after and limit are integers within their bounds
+    ("GET", "/track-events?after=x", None, {}, 400, "after must be an integer, got 'x'"),
+    ("GET", "/track-events?after=-1", None, {}, 400, "after must be >= 0, got -1"),
+    ("GET", "/track-events?limit=501", None, {}, 400, "limit must be within 1..500, got 501"),
+    ("GET", "/track-events?limit=0", None, {}, 400, "limit must be within 1..500, got 0"),
+    # a thumbnail's track id is a number; one not kept is 404, its stream id decoded once
+    ("GET", "/thumbnails/cam/r1/x", None, {}, 400, "track_id must be an integer, got 'x'"),
+    ("GET", "/thumbnails/a%2Fb/r1/7", None, {}, 404, "no thumbnail of track 7 of stream 'a/b' in run 'r1'"),
     # a gallery route without a gallery
     ("GET", "/gallery", None, {}, 404, "no gallery: IndexProcess.index_dir is not set"),
     # the overlay's events need Redis

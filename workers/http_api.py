@@ -10,6 +10,8 @@
     GET    /overlay            the live overlay page (+ /overlay/overlay.js, /overlay/overlay.css)
     GET    /streams/{id}/frame.jpg[?index=N]   the newest overlay snapshot (JPEG, X-Frame-* headers) | 404
     GET    /streams/{id}/events               text/event-stream: `result` (from Redis) and `state` events
+    GET    /track-events[?after=N&limit=M]    200 {"events": [{"n", "event", "thumbnail"}], "next"} | 400
+    GET    /thumbnails/{stream_id}/{run_id}/{track_id}   a track's best crop (JPEG) | 400 | 404
     GET    /gallery            200 {"index_dir", "version", "entries", "labels"} | 404 without a gallery
     POST   /gallery/items      {"items": [{"path", "label"}]} -> 201 {"added", "version", "entries"} | 400
     DELETE /gallery/items      {"labels": [...]} or {"paths": [...]} -> 200 {"removed", "version"} | 400
@@ -82,6 +84,10 @@ class StreamService(Protocol):
     def recognitions(self) -> dict[str, Any]: ...
 
     def snapshot(self, stream_id: str, index: int | None = None) -> "Snapshot": ...
+
+    def track_events(self, after: int | None, limit: int) -> dict[str, Any]: ...
+
+    def thumbnail(self, stream_id: str, run_id: str, track_id: int) -> bytes: ...
 
 
 class GalleryApi(Protocol):

@@ -29,6 +29,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Match
 
 from workers import http_schemas as schemas
+from workers import track_feed
 from workers.http_events import event_stream
 from workers.http_errors import ApiError, status_of
 from workers.service_errors import RequestRefused
@@ -46,6 +47,8 @@ KNOWN_METHODS = frozenset({"GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPT
 MAX_LINE_BYTES = 65536  # the longest request line or header line, and
 MAX_HEADERS = 100  # the most header lines, that the standard library's server took: the API keeps its limits
 _METHOD_ORDER = ("GET", "POST", "DELETE")
+DEFAULT_TRACK_EVENTS = track_feed.DEFAULT_LIMIT  # GET /track-events without limit=
+MAX_TRACK_EVENTS = track_feed.KEEP_EVENTS  # as many as the service keeps
 
 
 # ---- answers ------------------------------------------------------------------------------------------------
@@ -211,6 +214,27 @@ def build_app(api: "ApiServer") -> Callable[..., Awaitable[None]]:
     async def overlay_file(name: str) -> Response:
         return _overlay_file(unquote(name))
 
+    @app.get("/track-events", response_model=schemas.TrackEventPage, dependencies=reads,
+             responses=described(400, 401),
+             summary="Recent track events of every stream (?after=N: those after event N; ?limit=M, at most "
+                     f"{MAX_TRACK_EVENTS})")
+    async def track_events(request: Request) -> Response:
+        after = _int_param(request, "after", None, 0, None)
+        limit = _int_param(request, "limit", DEFAULT_TRACK_EVENTS, 1, MAX_TRACK_EVENTS)
+        return json_response(HTTPStatus.OK, await call(api.service.track_events, after, limit))
+
+    @app.get("/thumbnails/{stream_id}/{run_id}/{track_id}", dependencies=reads, response_class=Response,
+             responses={200: {"content": {"image/jpeg": {}}, "description": "The track's best crop"},
+                        **described(400, 401, 404)},
+             summary="A track's best crop as JPEG (the thumbnail path of a track event)")
+    async def thumbnail(stream_id: str, run_id: str, track_id: str) -> Response:
+        try:
+            number = int(track_id)
+        except ValueError:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"track_id must be an integer, got {track_id!r}") from None
+        jpeg = await call(api.service.thumbnail, unquote(stream_id), unquote(run_id), number)
+        return bytes_response(jpeg, "image/jpeg")
+
     @app.get("/gallery", response_model=schemas.GalleryInfo, dependencies=reads, responses=described(401, 404),
              summary="The gallery's version, size and labels")
     async def gallery_info() -> Response:
@@ -255,6 +279,21 @@ def build_app(api: "ApiServer") -> Callable[..., Awaitable[None]]:
 def _first(request: Request, name: str) -> str | None:
     values = request.query_params.getlist(name)
     return values[0] if values and values[0] else None
+
+
+def _int_param(request: Request, name: str, default: int | None, low: int, high: int | None) -> int | None:
+    """Query parameter ``name`` as an integer within ``low``..``high`` (400 otherwise); ``default`` when absent."""
+    text = _first(request, name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"{name} must be an integer, got {text!r}") from None
+    if value < low or (high is not None and value > high):
+        within = f">= {low}" if high is None else f"within {low}..{high}"
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"{name} must be {within}, got {value}")
+    return value
 
 
 def _gallery(api: "ApiServer") -> Any:
@@ -322,6 +361,15 @@ _FRAME_INDEX = {"name": "index", "in": "query", "required": False, "schema": {"t
                 "description": "A frame index among the kept snapshots; the newest without it."}
 
 
+_TRACK_EVENT_PARAMS = [
+    {"name": "after", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0},
+     "description": "The `next` of the previous answer: only events after it. Without it: the newest `limit`."},
+    {"name": "limit", "in": "query", "required": False,
+     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_TRACK_EVENTS, "default": DEFAULT_TRACK_EVENTS},
+     "description": "The most events in the answer."},
+]
+
+
 def describe(app: FastAPI) -> dict[str, Any]:
     """The OpenAPI description, with the request bodies' models (which no route parameter names) added."""
     if app.openapi_schema is None:
@@ -341,6 +389,8 @@ def describe(app: FastAPI) -> dict[str, Any]:
                     operation.setdefault("parameters", []).append(_ACCESS_TOKEN)
                 if path.endswith("/frame.jpg"):
                     operation["parameters"].append(_FRAME_INDEX)
+                if path == "/track-events":
+                    operation["parameters"].extend(_TRACK_EVENT_PARAMS)
         app.openapi_schema = spec
     return app.openapi_schema
 

@@ -122,6 +122,42 @@ class Recognitions(_Body):
     total: int
 
 
+# ---- GET /track-events -------------------------------------------------------------------------------------
+class TrackEventBody(_Body):
+    """A track event as on the Kafka tracks topic (stream/schema/track_event.v1.json)."""
+
+    event: str = Field(description="started, labelled or ended.")
+    stream_id: str
+    track_id: int
+    frame_index: int
+    time: float
+    label: str | None
+    score: float | None
+    det_class: str | None
+    box: list[float]
+    first_seen: float
+    last_seen: float
+    dwell_s: float
+    attempts: int
+    best_box: list[float] | None
+    best_frame_index: int | None
+    previous_label: str | None
+    reason: str | None
+    run_id: str | None
+    schema_version: int
+
+
+class TrackEventRow(_Body):
+    n: int = Field(description="The event's number in this service run, increasing.")
+    event: TrackEventBody
+    thumbnail: str | None = Field(description="Path of the track's best crop (GET /thumbnails/...) while kept.")
+
+
+class TrackEventPage(_Body):
+    events: list[TrackEventRow] = Field(description="Oldest first.")
+    next: int = Field(description="Pass as after= in the next request.")
+
+
 # ---- /gallery ----------------------------------------------------------------------------------------------
 class GalleryInfo(_Body):
     index_dir: str

@@ -28,7 +28,15 @@ to the sinks, repeat.
 
 Control (from the supervisor; messages in workers/messages.py): ``StreamAdded`` (the plan: live or file,
 clock stamp), ``SetStreamState``, ``Drain`` (the ingest processes have stopped: process every frame still on
-the queue, close the sinks, report, exit). Reports: ``InferenceReady`` / ``InferenceFatal`` at start,
+the queue, close the sinks, report, exit).
+
+Track events (with ``Tracker.enabled``): each batch's events go to the event sinks (workers/outputs.py
+``open_event_sinks``: Kafka's tracks topic, Redis's current tracks) after the batch's results went to theirs,
+and to the supervisor with the JPEG thumbnails of the tracks labelled or ended in the batch (``TrackEvents``,
+workers/track_feed.py). A stream's tracks are ended (their ``ended`` events published the same way) when its
+end-of-stream came and its last frame was processed, when its producer died (a stream removed or its ingest
+process gone), and when the supervisor announces a stream id this worker already ran (a restarted ingest
+process). A restarted inference worker starts with no tracks: its run id is new, so are its tracks'. Reports: ``InferenceReady`` / ``InferenceFatal`` at start,
 ``InferenceStats`` every ``stats_interval_s``, ``StreamFinished`` when a stream's end-of-stream came and its last
 frame was handed to the sinks, ``InferenceExited`` with the final counters.
 """
@@ -42,6 +50,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 
 from config import ConfigError, VidrecConfig
@@ -49,6 +58,7 @@ from models.errors import GalleryError, ModelError
 from stream.errors import SinkError, SourceError
 from stream.latency import LatencyWindow
 from stream.states import StreamState
+from stream.track_events import TRACK_EVENTS, TrackEvent
 from stream.transport import EndOfStream, FrameConsumer, FrameLease, ProducerDiedError, StreamCounters
 from workers.batcher import Batcher
 from workers.metrics import (
@@ -77,8 +87,9 @@ from workers.plans import StreamPlan
 from workers.snapshots import SnapshotEncoder
 from workers.freshness import backlog_overflow, too_old
 from workers.worker_process import ParentWatch, detach_queues, setup_child
-from workers.outputs import open_service_sinks, result_run_id
-from workers.recognition import FrameContext, RecognitionStep, RecognizedBatch
+from workers.outputs import open_event_sinks, open_service_sinks, result_run_id
+from workers.recognition import FrameContext, RecognitionStep, RecognizedBatch, TrackThumbnails
+from workers.track_feed import TrackEvents, encode_thumbnail
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +118,15 @@ class _Stream:
     errors: int = 0
     last_index: int = -1
     ended: bool = False
+    end_reason: str = "stream ended"  # why its tracks end with it
     final_transport: StreamCounters | None = None
     totals: LatencyWindow = field(default_factory=LatencyWindow)  # latency_ms["total"] of recent results
     e2e: LatencyWindow = field(default_factory=LatencyWindow)  # camera + total, for clock-stamped streams
     last: dict[str, float] = field(default_factory=dict)
     detected: int = 0
     recognized: int = 0
+    crops: int = 0  # crops that went through the recognizer
+    tracks: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TRACK_EVENTS, 0))  # events by kind
     seq: int = 0  # the next result's seq
     # Observed by the first sink's writer thread (a list item and a float, safe under the GIL; the
     # snapshot's count is the sum of its buckets, so it is always consistent in itself).
@@ -135,6 +149,8 @@ class _Stream:
             last_index=self.last_index, latency_ms=latency,
             last={k: round(v, 2) for k, v in self.last.items()}, ended=self.ended, final_transport=self.final_transport,
             detected=self.detected, recognized=self.recognized, e2e_seconds=self.e2e_seconds.copy(),
+            crops=self.crops, tracks=dict(self.tracks),
+            tracks_active=self.tracks["started"] - self.tracks["ended"],
         )
 
 
@@ -158,6 +174,15 @@ class InferenceWorker:
                                         queue_size=settings.sink_queue_size,
                                         close_timeout_s=settings.sink_close_timeout_s,
                                         on_first_written=self._observe_e2e)
+        try:
+            self.event_sinks = open_event_sinks(cfg, incarnation=settings.incarnation,
+                                                queue_size=settings.sink_queue_size,
+                                                close_timeout_s=settings.sink_close_timeout_s)
+        except BaseException:
+            for sink in self.sinks:
+                sink.abort()
+            raise
+        self._thumbnail_errors = 0
         self.batch_size = Histogram(BATCH_SIZE_BUCKETS)
         self.batch_wait = Histogram(WAIT_BUCKETS_S)
         self.model_seconds = {model: Histogram(INFERENCE_BUCKETS_S) for model in MODELS}
@@ -225,10 +250,10 @@ class InferenceWorker:
             for item in self.batcher.drain():  # only after an error: a normal drain leaves none
                 item.lease.release()
             consumer.close()
+        self._finish_streams()  # ends the tracks of the streams that ended last, before the event sinks close
         clean = True
-        for sink in self.sinks:
+        for sink in (*self.sinks, *self.event_sinks):
             clean = sink.close(self.settings.sink_close_timeout_s) and clean
-        self._finish_streams()
         return InferenceExited(self._stats(), clean)
 
     def _handle_control(self, control_queue: Any) -> None:
@@ -244,7 +269,10 @@ class InferenceWorker:
                     self.streams[plan.id] = _Stream(plan=plan, state=StreamState.STARTING)
                 else:
                     # Frames came before the plan did, or the stream id comes back (a restarted ingest process,
-                    # removed and added again): its counters go on, as its frame indices do.
+                    # removed and added again): its counters go on, as its frame indices do; tracks of its
+                    # previous run that no end-of-stream ended (a producer that died unseen) end now.
+                    if info.plan is not None:
+                        self._end_tracks(plan.id, "stream restarted")
                     info.plan = plan
                     if info.ended:
                         info.ended = False
@@ -279,6 +307,7 @@ class InferenceWorker:
                 log.error("%s", exc)
                 info = self._stream(exc.stream_id)
                 info.ended = True
+                info.end_reason = "producer died"
                 self._ending.add(exc.stream_id)
                 got += 1
                 continue
@@ -289,6 +318,7 @@ class InferenceWorker:
             if isinstance(item, EndOfStream):
                 info = self._stream(item.stream_id)
                 info.ended = True
+                info.end_reason = "stream ended"
                 info.final_transport = item.counters
                 self._ending.add(item.stream_id)
                 continue
@@ -336,6 +366,7 @@ class InferenceWorker:
                 self._count_error(fresh, exc)
                 return
             self._publish(recognized)
+            self._publish_events(recognized.events, recognized.thumbnails)
             # Pixels for the overlay only after the results went to the sinks: results never wait for them.
             for frame, result in zip(frames, recognized.results):
                 snapshot = self.snapshots.maybe_encode(frame, result.frame_index)
@@ -365,8 +396,9 @@ class InferenceWorker:
         times = recognized.times
         for model, ms in zip(MODELS, (times.detect, times.recognize, times.search)):
             self.model_seconds[model].observe(ms / 1000.0)
-        for result in recognized.results:
+        for result, crops in zip(recognized.results, recognized.crops):
             info = self.streams[result.stream_id]
+            info.crops += crops
             info.seq += 1  # the next batch's contexts count on from here
             for sink in self.sinks:
                 sink.write(result)
@@ -384,6 +416,35 @@ class InferenceWorker:
             info.totals.add(latency["total"])
             info.last = dict(latency)
             self._frames += 1
+
+    def _publish_events(self, events: list[TrackEvent], thumbnails: TrackThumbnails) -> None:
+        """Track events to the event sinks and, with the thumbnails of their tracks, to the supervisor."""
+        if not events:
+            return
+        for event in events:
+            for sink in self.event_sinks:
+                sink.write(event)
+            self._stream(event.stream_id).tracks[event.event] += 1
+        jpegs: dict[tuple[str, str, int], bytes] = {}
+        for (sid, track_id), rgb in thumbnails.items():
+            try:
+                jpegs[(sid, self.result_run_id, track_id)] = encode_thumbnail(rgb)
+            except (ValueError, cv2.error) as exc:  # a thumbnail is a nicety: the event goes without it
+                self._thumbnail_errors += 1
+                if self._thumbnail_errors == 1:
+                    log.error("%s: thumbnail of track %d not encoded (%s); further failures are not logged",
+                              sid, track_id, exc)
+        self._status.put(TrackEvents(tuple(events), jpegs))
+
+    def _end_tracks(self, stream_id: str, reason: str) -> None:
+        """End a stream's tracks and publish their ``ended`` events; a failure here is logged, never raised."""
+        thumbnails: TrackThumbnails = {}
+        try:
+            events = self.step.end_stream(stream_id, reason, run_id=self.result_run_id, thumbnails=thumbnails)
+        except Exception:  # noqa: BLE001 - one stream's tracks must not stop the others
+            log.exception("%s: its tracks could not be ended (%s)", stream_id, reason)
+            return
+        self._publish_events(events, thumbnails)
 
     def _count_label(self, label: str, stream_id: str) -> None:
         per_stream = self.labels.get(label)
@@ -424,12 +485,13 @@ class InferenceWorker:
             self._ending.discard(sid)
             info = self.streams.get(sid)
             if info is not None:
+                self._end_tracks(sid, info.end_reason)
                 self._status.put(StreamFinished(sid, info.snapshot()))
 
     def _stats(self) -> InferenceStats:
         # Sinks first: a result is counted processed (below) before any sink can count it written, so every
         # stream's published <= processed in one report.
-        sink_stats = [sink.stats() for sink in self.sinks]
+        sink_stats = [sink.stats() for sink in (*self.sinks, *self.event_sinks)]
         return InferenceStats(
             streams={sid: info.snapshot() for sid, info in self.streams.items()},
             sinks=[s.to_dict() for s in sink_stats],

@@ -4,7 +4,8 @@
     supervisor → inference   StreamAdded, SetStreamState, Watch, Drain              (its control queue)
     ingest → supervisor      StreamStateChanged, IngestStats, StreamRemoved, IngestExited   (its report pipe)
     inference → supervisor   InferenceReady, InferenceFatal, InferenceStats, StreamFinished, InferenceExited,
-                             Snapshot (workers/snapshots.py)                        (its report pipe)
+                             Snapshot (workers/snapshots.py), TrackEvents (workers/track_feed.py)
+                                                                                    (its report pipe)
 
 All are frozen dataclasses (pickled through multiprocessing). Counters use the names of workers/counters.py:
 ``dropped`` tables are keyed by ``Drop`` values.
@@ -198,6 +199,9 @@ class StreamInference:
     detected: int = 0  # boxes in published results
     recognized: int = 0  # boxes the gallery named
     e2e_seconds: Histogram | None = None  # capture -> accepted by the first sink
+    crops: int = 0  # crops that went through the recognizer (with tracking off too: compare the two)
+    tracks: Mapping[str, int] = field(default_factory=dict)  # track events by kind: started, labelled, ended
+    tracks_active: int = 0  # tracks started and not ended in this worker (a restarted one starts with none)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from stream.states import STREAM_STATES
+from stream.track_events import TRACK_EVENTS
 from workers.counters import DROP_REASONS
 
 # Bucket bounds (upper, inclusive), chosen around what this service does: a frame's way through takes
@@ -105,6 +106,9 @@ class StreamMetrics:
     detected: int
     recognized: int
     e2e: Histogram | None
+    crops: int = 0  # through the recognizer
+    tracks: dict[str, int] = field(default_factory=dict)  # TRACK_EVENTS -> count
+    tracks_active: int = 0
 
 
 @dataclass(frozen=True)
@@ -168,6 +172,9 @@ def _stream_families(streams: list[StreamMetrics]) -> Iterable[Any]:
     detected = CounterMetricFamily("vidrec_objects_detected", "Boxes in published results", labels=["stream"])
     recognized = CounterMetricFamily("vidrec_objects_recognized", "Boxes the gallery named", labels=["stream"])
     e2e = HistogramMetricFamily("vidrec_e2e_latency_seconds", "Capture to the result accepted by the first sink", labels=["stream"])
+    crops = CounterMetricFamily("vidrec_recognizer_crops", "Crops that went through the recognizer", labels=["stream"])
+    tracks = CounterMetricFamily("vidrec_tracks", "Track events, by kind", labels=["stream", "event"])
+    active = GaugeMetricFamily("vidrec_tracks_active", "Tracks started and not ended yet", labels=["stream"])
     for s in streams:
         for name in STREAM_STATES:
             state.add_metric([s.stream, name], 1.0 if s.state == name else 0.0)
@@ -182,7 +189,12 @@ def _stream_families(streams: list[StreamMetrics]) -> Iterable[Any]:
         detected.add_metric([s.stream], s.detected)
         recognized.add_metric([s.stream], s.recognized)
         _histogram(e2e, [s.stream], s.e2e if s.e2e is not None else Histogram(LATENCY_BUCKETS_S))
-    yield from (state, age, decoded, processed, dropped, reconnects, errors, detected, recognized, e2e)
+        crops.add_metric([s.stream], s.crops)
+        for event in TRACK_EVENTS:
+            tracks.add_metric([s.stream, event], s.tracks.get(event, 0))
+        active.add_metric([s.stream], s.tracks_active)
+    yield from (state, age, decoded, processed, dropped, reconnects, errors, detected, recognized, e2e, crops, tracks,
+                active)
 
 
 def _inference_families(m: ServiceMetrics) -> Iterable[Any]:

@@ -5,6 +5,11 @@ unreachable broker fails before any work is done. ``open_service_sinks`` is the 
 each behind a thread so that inference never waits for one: Kafka, the record of every result, through the
 at-least-once spool (``SpooledSink``: memory, then disk; a restarted worker adopts what its dead predecessors
 spooled), the others (Redis: the latest state) through the bounded queue that drops the oldest (``AsyncSink``).
+
+Track events (with ``Tracker.enabled``) have sinks of their own, the same classes on other keys:
+``open_event_sinks`` (the service: Kafka's tracks topic through a memory-only spool, named ``kafka.tracks``;
+Redis's current tracks, ``redis.tracks``; both counted like the results' sinks, drops included) and
+``--tracks-out`` for ``vidrec video`` (a JSONL file of ``TrackEvent.to_json()``).
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from stream.sinks import ResultSink
 from stream.sinks.async_sink import AsyncSink
 from stream.sinks.jsonl import JsonlSink
 from stream.sinks.kafka import KafkaSink, kafka_security_kwargs
-from stream.sinks.redis import RedisSink, redis_auth_kwargs
+from stream.sinks.redis import RedisSink, RedisTrackSink, redis_auth_kwargs
 from stream.sinks.spool import Spool, spool_dir, spool_dirs_of_run
 from stream.sinks.spooled import SpooledSink
 from stream.sinks.threaded import ThreadedSink
@@ -36,6 +41,7 @@ class SinkTargets:
     kafka_bootstrap: str | None = None
     kafka_topic: str | None = None
     redis_url: str | None = None
+    tracks_path: Path | None = None  # `vidrec video --tracks-out`: the run's track events as JSONL
 
 
 def open_sinks(cfg: VidrecConfig, targets: SinkTargets = SinkTargets(), *,
@@ -122,3 +128,40 @@ def _spooled(sink: KafkaSink, cfg: VidrecConfig, *, run_id: str, incarnation: in
 def _sink_name(sink: Any) -> str:
     name = type(sink).__name__.removesuffix("Sink").lower()
     return name or type(sink).__name__
+
+
+def open_event_sinks(cfg: VidrecConfig, *, incarnation: int, queue_size: int, close_timeout_s: float) -> list[ThreadedSink]:
+    """The service's track event sinks (none without tracking), each writing from a thread of its own: Kafka's
+    tracks topic (``Kafka.tracks_topic``, default ``<topic>.tracks``; at least once through a memory-only spool
+    of ``Kafka.spool_memory_results`` events, the oldest dropped and counted beyond it) and Redis's current
+    tracks per stream (``P:tracks:S``)."""
+    if not cfg.Tracker.enabled:
+        return []
+    down_ok = incarnation > 0
+    sinks: list[ThreadedSink] = []
+    try:
+        k = cfg.Kafka
+        if k.bootstrap:
+            kafka = KafkaSink(k.bootstrap, k.tracks_topic_name, connect_timeout_s=k.connect_timeout_s,
+                              extra=kafka_security_kwargs(k), require_broker=not down_ok)
+            kafka.flush_timeout_s = close_timeout_s
+            spool = Spool(k.spool_memory_results, None)
+            sinks.append(SpooledSink(kafka, name="kafka.tracks", spool=spool,
+                                     batch_max=min(500, k.spool_memory_results // 2)))
+        r = cfg.Redis
+        if r.url:
+            redis = RedisTrackSink(r.url, history_len=r.history_len, ttl_s=r.ttl_s, key_prefix=r.key_prefix,
+                                   require_server=not down_ok, **redis_auth_kwargs(r))
+            sinks.append(AsyncSink(redis, name="redis.tracks", max_queue=queue_size))
+    except BaseException:
+        for sink in sinks:
+            sink.abort()
+        raise
+    return sinks
+
+
+def event_sink_names(cfg: VidrecConfig) -> list[str]:
+    """The names ``open_event_sinks`` gives its sinks (for counters shown before the first report)."""
+    if not cfg.Tracker.enabled:
+        return []
+    return [name for name, on in (("kafka.tracks", cfg.Kafka.bootstrap), ("redis.tracks", cfg.Redis.url)) if on]

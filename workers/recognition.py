@@ -22,9 +22,11 @@ What the step does not know: where frames come from, how they were batched or dr
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
+
+import numpy as np
 
 from config import VidrecConfig
 from models.gallery_watch import GalleryWatcher
@@ -53,12 +55,26 @@ class FrameContext:
 NO_CONTEXT = FrameContext()
 
 
+TrackThumbnails = dict[tuple[str, int], np.ndarray]
+_THUMBNAIL_EVENTS = ("labelled", "ended")
+
+
 @dataclass(frozen=True, slots=True)
 class RecognizedBatch:
     results: list[FrameResult]  # one per frame, in the frames' order
     times: StageTimes  # the batch's stage times, milliseconds
     events: list[TrackEvent]  # what happened to tracks, in the order it happened (empty without tracking)
     crops: list[int]  # per frame: crops that went through the recognizer
+    # The best crop (RGB, longest side <= 128 px) of each track whose event here is ``labelled`` or ``ended``,
+    # keyed by (stream id, track id): what a viewer of track events is shown (none before a first attempt).
+    thumbnails: TrackThumbnails = field(default_factory=dict)
+
+
+def _keep_thumbnails(thumbnails: TrackThumbnails, stream_id: str, changes: Sequence[TrackChange]) -> None:
+    """The best crops of the tracks labelled or ended in ``changes`` (the newest wins), by (stream, track)."""
+    for change in changes:
+        if change.kind in _THUMBNAIL_EVENTS and change.track.thumbnail_rgb is not None:
+            thumbnails[(stream_id, change.track.track_id)] = change.track.thumbnail_rgb
 
 
 def gallery_watcher(cfg: VidrecConfig, system: ShituSystem, *, interval_s: float = GALLERY_POLL_S) -> GalleryWatcher | None:
@@ -90,11 +106,16 @@ class RecognitionStep:
     def from_config(cls, cfg: VidrecConfig, system: ShituSystem, *, class_names: Sequence[str]) -> "RecognitionStep":
         return cls(system, class_names=class_names, watcher=gallery_watcher(cfg, system), tracking=tracking_params(cfg))
 
-    def end_stream(self, stream_id: str, reason: str, *, run_id: str | None = None) -> list[TrackEvent]:
-        """End a stream's tracks (it ended, was removed or restarted): their ``ended`` events."""
+    def end_stream(self, stream_id: str, reason: str, *, run_id: str | None = None,
+                   thumbnails: TrackThumbnails | None = None) -> list[TrackEvent]:
+        """End a stream's tracks (it ended, was removed or restarted): their ``ended`` events; their best crops go
+        into ``thumbnails`` when given (as ``RecognizedBatch.thumbnails``)."""
         if self.tracked is None:
             return []
-        return [self._event(change, stream_id, run_id) for change in self.tracked.end(stream_id, reason)]
+        changes = self.tracked.end(stream_id, reason)
+        if thumbnails is not None:
+            _keep_thumbnails(thumbnails, stream_id, changes)
+        return [self._event(change, stream_id, run_id) for change in changes]
 
     @property
     def gallery_version(self) -> int | None:
@@ -119,6 +140,7 @@ class RecognitionStep:
         stamps = [decode_clock(f.image_bgr) if c.clock_stamped else None for f, c in zip(frames, contexts)]
         images = [f.image_bgr for f in frames]
         events: list[TrackEvent] = []
+        thumbnails: TrackThumbnails = {}
         if self.tracked is None:
             recognition = self.system.run(images)
             boxes_per_frame, times, version = recognition.boxes, recognition.times, recognition.gallery_version
@@ -128,12 +150,13 @@ class RecognitionStep:
             boxes_per_frame, times, version, crops = tracked.boxes, tracked.times, tracked.gallery_version, tracked.crops
             for frame, context, changes in zip(frames, contexts, tracked.changes):
                 events.extend(self._event(change, frame.stream_id, context.run_id) for change in changes)
+                _keep_thumbnails(thumbnails, frame.stream_id, changes)
         ready = time.time()
         results = [
             self._result(frame, boxes, context, stamp, times, version, ready=ready, batch_started=batch_started)
             for frame, boxes, context, stamp in zip(frames, boxes_per_frame, contexts, stamps)
         ]
-        return RecognizedBatch(results, times, events, list(crops))
+        return RecognizedBatch(results, times, events, list(crops), thumbnails)
 
     def _reload_gallery(self) -> None:
         if self.watcher is None:

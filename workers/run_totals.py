@@ -41,7 +41,8 @@ def merge_stream(past: StreamInference | None, now: StreamInference | None) -> S
         now, taken=past.taken + now.taken, processed=past.processed + now.processed,
         dropped=merge_drops(past.dropped, now.dropped), detected=past.detected + now.detected,
         recognized=past.recognized + now.recognized, last_index=max(past.last_index, now.last_index),
-        e2e_seconds=merge_hist(past.e2e_seconds, now.e2e_seconds),
+        e2e_seconds=merge_hist(past.e2e_seconds, now.e2e_seconds), crops=past.crops + now.crops,
+        tracks=merge_drops(past.tracks, now.tracks),  # tracks_active: the current worker's (a dead one's ended)
     )
 
 
@@ -156,7 +157,8 @@ class RunTotals:
         if self._inference_now is not None:
             self._inference_past = merge_stats(self._inference_past, replace(self._inference_now, streams={}))
         for sid, counters in self._stream_now.items():
-            self._stream_past[sid] = merge_stream(self._stream_past.get(sid), counters)
+            # Its tracks died with it (no ``ended`` events will come): none of them is active any more.
+            self._stream_past[sid] = merge_stream(self._stream_past.get(sid), replace(counters, tracks_active=0))
         self._inference_now = None
         self._stream_now = {}
 

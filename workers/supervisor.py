@@ -99,6 +99,8 @@ from workers.registry import StreamEntry, StreamRegistry
 from workers.run_totals import RunTotals
 from workers.service_errors import Invalid, NotFound, Unavailable
 from workers.snapshots import Snapshot, SnapshotStore
+from workers.track_feed import TrackEvents, TrackEventStore
+from workers.outputs import event_sink_names
 
 log = logging.getLogger("vidrec")
 
@@ -153,8 +155,10 @@ class Supervisor:
         self._fatal: str | None = None
         self._api: ApiServer | None = None
         self._sink_names = [name for name, on in (("kafka", cfg.Kafka.bootstrap), ("redis", cfg.Redis.url)) if on]
+        self._sink_names += event_sink_names(cfg)
         self._ingest_settings = IngestSettings.from_config(cfg, self.run_id)
         self.snapshots = SnapshotStore()
+        self.track_feed = TrackEventStore()
         self._restart_totals: Counter = Counter()
         self._collector = m.ServiceCollector(self.metrics_snapshot)
         self._handlers: dict[type, Callable[[Any], None]] = {
@@ -168,6 +172,7 @@ class Supervisor:
             StreamFinished: self._on_stream_finished,
             InferenceExited: self._on_inference_exited,
             Snapshot: self._on_snapshot,
+            TrackEvents: self.track_feed.add,
         }
 
     # ================================================================================ lifecycle ==========
@@ -661,6 +666,18 @@ class Supervisor:
         """Named objects per gallery label in the published results (top labels; docs/metrics.md)."""
         with self._lock:
             return views.recognitions(self._totals.service())
+
+    def track_events(self, after: int | None, limit: int) -> dict[str, Any]:
+        """The newest track events of every stream (workers/track_feed.py), after event number ``after``."""
+        return self.track_feed.page(after, limit)
+
+    def thumbnail(self, stream_id: str, run_id: str, track_id: int) -> bytes:
+        """The JPEG of a track's best crop, while it is among the newest kept."""
+        jpeg = self.track_feed.thumbnail(stream_id, run_id, track_id)
+        if jpeg is None:
+            raise NotFound(f"no thumbnail of track {track_id} of stream {stream_id!r} in run {run_id!r} "
+                           f"(kept: the newest {self.track_feed.keep_thumbnails})")
+        return jpeg
 
     def snapshot(self, stream_id: str, index: int | None = None) -> Snapshot:
         """The newest overlay snapshot of a stream (or of frame ``index``); asks inference for more."""

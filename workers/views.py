@@ -67,6 +67,8 @@ def stream_metrics(entry: StreamEntry, totals: RunTotals) -> m.StreamMetrics:
         reconnects=counts.reconnects, decode_errors=counts.decode_errors,
         detected=counts.detected, recognized=counts.recognized,
         e2e=inf.e2e_seconds if inf else None,
+        crops=inf.crops if inf else 0, tracks=dict(inf.tracks) if inf else {},
+        tracks_active=inf.tracks_active if inf else 0,
     )
 
 

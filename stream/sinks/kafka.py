@@ -1,4 +1,6 @@
 """Kafka sink: one message per frame, key = ``stream_id`` (UTF-8), value = ``FrameResult.to_json()``.
+The same class publishes track events to their own topic (``TrackEvent``: key = its ``stream_id``, value = its
+``to_json()``): ``write``/``send`` take anything with those two.
 
 Keying by stream id sends every frame of a stream to the same partition, so a consumer sees each
 stream's frames in order. The producer uses ``acks='all'`` with idempotence (kafka-python 3 supports

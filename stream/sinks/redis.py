@@ -16,6 +16,10 @@ must grow strictly, which capture times from several workers or a restarted sour
 server-assigned ids carry the arrival time instead), and trimming to an exact count is one command.
 Identical results collapse into one member, which is harmless.
 
+``P:tracks:S``         HASH of stream S's current tracks (``RedisTrackSink``, with tracking on): field = track id,
+                       value = that track's newest ``TrackEvent.to_json()``; the field is deleted when the
+                       track ends. ``HGETALL P:tracks:S`` is what is in view now.
+
 With ``ttl_s`` set, every write (re)sets that expiry on the latest key, the history and the streams set, so
 a stream's keys disappear ``ttl_s`` after its last frame (``P:streams`` lives as long as any stream writes,
 so it may list a stream whose keys have expired); ``ttl_s=None`` keeps them. Each result is one pipeline
@@ -39,6 +43,7 @@ from redis.retry import Retry
 
 from stream.errors import SinkError
 from stream.messages import FrameResult
+from stream.track_events import TrackEvent
 
 
 class RedisSink:
@@ -137,6 +142,27 @@ class RedisSink:
     def abort(self) -> None:
         """Same as close: what was written is valid per-frame state, nothing in Redis claims completeness."""
         self.close()
+
+
+class RedisTrackSink(RedisSink):
+    """Each stream's current tracks (``P:tracks:S``, see above): ``write`` takes a ``TrackEvent``; same
+    connection options, TTL and key prefix as the results' sink."""
+
+    def write(self, event: TrackEvent) -> None:  # type: ignore[override]
+        if self._closed:
+            raise SinkError(f"Redis sink for {self.address} is closed")
+        key = self.key("tracks", event.stream_id)
+        pipe = self._client.pipeline(transaction=False)
+        if event.event == "ended":
+            pipe.hdel(key, str(event.track_id))
+        else:
+            pipe.hset(key, str(event.track_id), event.to_json())
+            if self.ttl_s is not None:
+                pipe.expire(key, self.ttl_s)
+        try:
+            pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            raise SinkError(f"cannot write to Redis at {self.address}: {_describe(exc, self._secrets)}") from exc
 
 
 def redis_address(url: str) -> str:
