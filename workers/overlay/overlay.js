@@ -43,6 +43,7 @@
   var TRACKS_REFRESH_MS = 1000;
   var TRACKS_MISSING_REFRESH_MS = 10000; // a service without GET /track-events is asked again this seldom
   var MAX_TRACK_ROWS = 100;
+  var TRACKS_PAGE = 100;           // events asked for at once (the service's first answer: the newest ones)
 
   var params = new URLSearchParams(window.location.search);
   var token = params.get("access_token");
@@ -297,7 +298,9 @@
 
   function setState(tile, state, reason) {
     tile.view.state = state || null;
-    tile.el.state.textContent = (state || "…") + (reason ? " (" + reason + ")" : "");
+    // a live stream's reason is history (why it last reconnected): on hover only; any other state's is news
+    tile.el.state.textContent = (state || "…") + (reason && state !== "live" ? " (" + reason + ")" : "");
+    tile.el.state.title = reason || "";
     tile.el.state.className = "state state-" + (state || "unknown");
   }
 
@@ -660,7 +663,7 @@
   var trackRows = new Map(); // key -> {data, el}
 
   async function loadTracks() {
-    var path = tracksAfter === null ? "/track-events" : "/track-events?after=" + tracksAfter;
+    var path = "/track-events?limit=" + TRACKS_PAGE + (tracksAfter === null ? "" : "&after=" + tracksAfter);
     var response;
     try {
       response = await fetch(apiUrl(path), { cache: "no-store" });
@@ -683,10 +686,11 @@
       return TRACKS_REFRESH_MS;
     }
     var body = await response.json();
-    (body.events || []).forEach(onTrackEvent);
+    var events = body.events || [];
+    events.forEach(onTrackEvent);
     if (typeof body.next === "number") tracksAfter = body.next;
     el.tracksNote.textContent = trackRows.size ? "" : "no tracks yet";
-    return TRACKS_REFRESH_MS;
+    return events.length >= TRACKS_PAGE ? 0 : TRACKS_REFRESH_MS;  // a full page: more are waiting
   }
 
   function trackKey(event) {
@@ -775,7 +779,8 @@
     kind.className = "track-kind " + data.event;
     kind.textContent = data.event;
     title.appendChild(kind);
-    meta.textContent = data.stream_id + " · " + fmtTime(data.time) + " · dwell " + fmtDwell(data.dwell_s);
+    meta.textContent = data.stream_id + (data.det_class ? " · " + data.det_class : "") + " · " + fmtTime(data.time) +
+      " · dwell " + fmtDwell(data.dwell_s);
     img.alt = (data.label || "unknown") + " #" + data.track_id + " on " + data.stream_id;
     // The best crop can get better with every attempt: load it again for each event that names one.
     if (entry.thumbnail) {
