@@ -325,7 +325,12 @@ def test_the_grid_shows_every_camera_with_its_tracked_boxes_and_the_recent_track
             named = [box for box in view["drawn"]["boxes"] if box["track_id"] is not None and box["label"]]
             assert all(box["label"] in GALLERY_LABELS for box in named), named
             assert all(box["text"] == f"#{box['track_id']} {box['label']}" for box in named), named
-            wait_for(lambda: len(browser.evaluate(READ_TRACKS)) >= 3, 30, "tracks in the list")
+            # ... and the track list names it, with its crop
+            named_row = wait_for(lambda: next((r for r in browser.evaluate(READ_TRACKS)
+                                               if r["stream"] == "bikes" and r["label"] and r["loaded"]), None),
+                                 60, "a named bikes track with its crop in the list\n" + browser.log(), every_s=POLL_S)
+            assert named_row["label"] in GALLERY_LABELS and named_row["title"].startswith(named_row["label"]), named_row
+            read_tile(browser, "bikes", labelled=True, timeout_s=60)  # for the picture: a named box on screen
             save_screenshot(browser, "overlay.png", docs=True)
 
             # 6. Removed, its tile goes and the grid is two tiles again.

@@ -742,6 +742,12 @@
     item.dataset.stream = event.stream_id;
     item.dataset.trackId = String(event.track_id);
     item.title = "show camera " + event.stream_id;
+    // the crop over a placeholder naming the detector class (a track has no crop before its first attempt)
+    var box = document.createElement("div");
+    box.className = "thumb-box";
+    var placeholder = document.createElement("span");
+    placeholder.className = "thumb-text";
+    placeholder.textContent = event.det_class || "no crop yet";
     var img = document.createElement("img");
     img.className = "thumb missing";
     img.alt = "";
@@ -752,7 +758,9 @@
     title.className = "track-title";
     var meta = document.createElement("div");
     meta.className = "track-meta";
-    item.appendChild(img);
+    box.appendChild(placeholder);
+    box.appendChild(img);
+    item.appendChild(box);
     item.appendChild(title);
     item.appendChild(meta);
     item.addEventListener("click", function () {
