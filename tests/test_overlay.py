@@ -171,9 +171,9 @@ def assert_letterboxed(view: dict[str, Any]) -> None:
     assert dw == pytest.approx(canvas_w) or dh == pytest.approx(canvas_h), drawn["image_rect"]
 
 
-def assert_grid_fills_the_window(layout: dict[str, Any], ids: list[str]) -> None:
+def assert_grid_fills_the_window(layout: dict[str, Any], ids: list[str], *, narrow: bool = False) -> None:
     """ceil(sqrt n) equal columns, as many equal rows as needed, in the service's order, filling everything the
-    header and the track list leave; the track list takes the right edge."""
+    header and the track list leave; the track list takes the right edge (on a ``narrow`` window, the bottom)."""
     columns = math.ceil(math.sqrt(len(ids)))
     rows = math.ceil(len(ids) / columns)
     assert (layout["order"], layout["columns"], layout["rows"]) == (ids, columns, rows), layout
@@ -182,9 +182,15 @@ def assert_grid_fills_the_window(layout: dict[str, Any], ids: list[str]) -> None
     gx, gy, gw, gh = layout["grid"]
     px, py, pw, ph = layout["panel"]
     tol = LAYOUT_TOLERANCE_PX
-    assert gx == pytest.approx(0, abs=tol) and gy + gh == pytest.approx(vh, abs=tol), layout
-    assert gx + gw == pytest.approx(px, abs=tol) and px + pw == pytest.approx(vw, abs=tol), layout
-    assert gy < 0.15 * vh and gw > 0.6 * vw, f"the header and the track list leave the grid most of the window: {layout}"
+    if narrow:
+        assert gx == pytest.approx(0, abs=tol) and gw == pytest.approx(vw, abs=tol), layout
+        assert gy + gh == pytest.approx(py, abs=tol) and py + ph == pytest.approx(vh, abs=tol), layout
+        assert pw == pytest.approx(vw, abs=tol) and gh > 0.5 * vh, layout
+    else:
+        assert gx == pytest.approx(0, abs=tol) and gy + gh == pytest.approx(vh, abs=tol), layout
+        assert gx + gw == pytest.approx(px, abs=tol) and px + pw == pytest.approx(vw, abs=tol), layout
+        assert gw > 0.6 * vw, f"the track list leaves the grid most of the width: {layout}"
+    assert gy < 0.15 * vh, f"the header leaves the grid the rest of the height: {layout}"
     pad, (col_gap, row_gap) = layout["padding"], layout["gap"]
     cell_w = (gw - 2 * pad - (columns - 1) * col_gap) / columns
     cell_h = (gh - 2 * pad - (rows - 1) * row_gap) / rows
@@ -338,6 +344,18 @@ def test_the_grid_shows_every_camera_with_its_tracked_boxes_and_the_recent_track
             layout = wait_for_layout(browser, ["clock", "file"], "the removed stream's tile gone")
             assert_grid_fills_the_window(layout, ["clock", "file"])
             assert browser.evaluate("Object.keys(window.vidrecOverlay.tiles).sort()") == ["clock", "file"]
+
+            # A narrow window (a phone held upright): the track list goes below the grid, the grid still fills
+            # the rest and every snapshot is letterboxed in its smaller tile.
+            browser.page.set_viewport_size({"width": 480, "height": 800})
+            layout = wait_for(lambda: (v := browser.evaluate(READ_LAYOUT))["viewport"] == [480, 800] and v, 10,
+                              "the narrow window")
+            assert_grid_fills_the_window(layout, ["clock", "file"], narrow=True)
+            view = wait_for(lambda: (v := browser.evaluate(READ_TILE, {"stream": "file", "labelled": False}))
+                            and v["canvas"] == v["tileSize"] and v["canvas"][0] < 240 and v, 30,
+                            "the file redrawn in its narrow tile\n" + browser.log(), every_s=POLL_S)
+            assert_letterboxed(view)
+            browser.page.set_viewport_size({"width": VIEWPORT[0], "height": VIEWPORT[1]})
 
             # 7. ?stream=ID opens with that tile enlarged; a stream the service does not have is named as such.
             browser.page.goto(f"{serve.base}/overlay?stream=file")
