@@ -198,8 +198,13 @@
       var tile = tiles.get(s.id) || addTile(s.id);
       if (!tile.feed || !tile.stateFromFeed) setState(tile, s.state);
     });
-    // keep the DOM in the service's order
-    ids.forEach(function (id) { el.grid.appendChild(tiles.get(id).el.root); });
+    // keep the DOM in the service's order (moving a node blurs it: only when the order changed)
+    var shownOrder = Array.prototype.map.call(el.grid.querySelectorAll("figure.tile"), function (t) {
+      return t.dataset.stream;
+    });
+    if (shownOrder.join("\u0000") !== ids.join("\u0000")) {
+      ids.forEach(function (id) { el.grid.appendChild(tiles.get(id).el.root); });
+    }
     overlay.order = ids;
     if (wantedEnlarged !== null) {
       if (ids.indexOf(wantedEnlarged) >= 0) {
@@ -393,7 +398,7 @@
         diagnoseFeed(tile, url);
         tile.reopenTimer = setTimeout(function () { openFeed(tile); }, EVENTS_REOPEN_MS);
       } else {
-        setError(tile.id + ":events", "connection lost: " + tile.id + "'s result stream dropped — reconnecting…");
+        setError(tile.id + ":events", "connection lost: the result stream of " + tile.id + " dropped — reconnecting…");
       }
     };
   }
@@ -410,7 +415,7 @@
       } else if (!response.ok) {
         setError(key, tile.id + ": result stream refused: " + (await errorText(response)));
       } else {
-        setError(key, "connection lost: " + tile.id + "'s result stream closed — reconnecting…");
+        setError(key, "connection lost: the result stream of " + tile.id + " closed — reconnecting…");
       }
     } catch (e) {
       if (tile.alive) setError(key, "connection lost: cannot reach the service — reconnecting…");
@@ -468,7 +473,7 @@
         pause = await fetchAndDraw(tile);
       } catch (e) {
         if (!tile.alive) return;
-        setError(tile.id + ":frames", "connection lost: cannot fetch " + tile.id + "'s snapshots (" + e.message + ")");
+        setError(tile.id + ":frames", "connection lost: cannot fetch the snapshots of " + tile.id + " (" + e.message + ")");
         pause = RETRY_ERROR_MS;
       }
       if (pause) await sleep(pause);
