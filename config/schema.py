@@ -131,6 +131,12 @@ class KafkaSection(Section):
     spool_dir: str | None = Field(None, min_length=1, description="`vidrec serve`: folder for the spool's segment files (emptied at start); null: a new folder in the system's temp dir.")
     spool_max_bytes: int = Field(512 * 1024 * 1024, ge=0, description="`vidrec serve`: most bytes of spooled results on disk (0: memory only); beyond it the oldest are dropped and counted.")
 
+    @model_validator(mode="after")
+    def _tracks_topic_fits(self) -> "KafkaSection":
+        if self.tracks_topic is None and len(self.tracks_topic_name) > 249:
+            raise ValueError(f"tracks_topic: the default {self.topic}.tracks is over Kafka's 249 characters; set tracks_topic")
+        return self
+
     @property
     def tracks_topic_name(self) -> str:
         """The topic track events go to: ``tracks_topic``, or ``<topic>.tracks``."""

@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(video)
     video.add_argument("--json", type=Path, help="write one JSON result per frame to this JSONL file")
     video.add_argument("--out", type=Path, help="write an annotated mp4 here")
+    video.add_argument("--tracks-out", type=Path, metavar="FILE.jsonl", help="write the run's track events (JSONL) here")
     video.add_argument("--kafka", metavar="HOST:PORT", help="publish results to this Kafka bootstrap server")
     video.add_argument("--topic", help="Kafka topic (default: Kafka.topic)")
     video.add_argument("--redis", metavar="URL", help="cache results in Redis, e.g. redis://127.0.0.1:6379/0")
@@ -98,7 +99,8 @@ def _cmd_video(args: argparse.Namespace) -> int:
         raise ConfigError("--topic given without --kafka (or Kafka.bootstrap)")
     system = build_system(cfg)
     outputs = VideoOutputs(
-        json_path=args.json, video_path=args.out, kafka_bootstrap=args.kafka, kafka_topic=args.topic, redis_url=args.redis
+        json_path=args.json, video_path=args.out, kafka_bootstrap=args.kafka, kafka_topic=args.topic, redis_url=args.redis,
+        tracks_path=args.tracks_out,
     )
     summary = run_video_job(
         cfg, system, input_path, outputs, class_names=system.detector.class_names, progress=args.progress

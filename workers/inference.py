@@ -28,17 +28,17 @@ to the sinks, repeat.
 
 Control (from the supervisor; messages in workers/messages.py): ``StreamAdded`` (the plan: live or file,
 clock stamp), ``SetStreamState``, ``Drain`` (the ingest processes have stopped: process every frame still on
-the queue, close the sinks, report, exit).
+the queue, close the sinks, report, exit). Reports: ``InferenceReady`` / ``InferenceFatal`` at start,
+``InferenceStats`` every ``stats_interval_s``, ``StreamFinished`` when a stream's end-of-stream came and its last
+frame was handed to the sinks, ``InferenceExited`` with the final counters.
 
 Track events (with ``Tracker.enabled``): each batch's events go to the event sinks (workers/outputs.py
 ``open_event_sinks``: Kafka's tracks topic, Redis's current tracks) after the batch's results went to theirs,
 and to the supervisor with the JPEG thumbnails of the tracks labelled or ended in the batch (``TrackEvents``,
 workers/track_feed.py). A stream's tracks are ended (their ``ended`` events published the same way) when its
-end-of-stream came and its last frame was processed, when its producer died (a stream removed or its ingest
-process gone), and when the supervisor announces a stream id this worker already ran (a restarted ingest
-process). A restarted inference worker starts with no tracks: its run id is new, so are its tracks'. Reports: ``InferenceReady`` / ``InferenceFatal`` at start,
-``InferenceStats`` every ``stats_interval_s``, ``StreamFinished`` when a stream's end-of-stream came and its last
-frame was handed to the sinks, ``InferenceExited`` with the final counters.
+end-of-stream came (the file ended, or the stream was removed) and its last frame was processed, when its
+producer died (its ingest process is gone), and when the supervisor announces a stream id this worker already ran (a restarted ingest
+process). A restarted inference worker starts with no tracks: its run id is new, so are its tracks'.
 """
 from __future__ import annotations
 

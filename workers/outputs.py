@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from config import VidrecConfig
+from config import ConfigError, VidrecConfig
 from stream.messages import FrameResult
 from stream.sinks import ResultSink
 from stream.sinks.async_sink import AsyncSink
@@ -130,34 +130,58 @@ def _sink_name(sink: Any) -> str:
     return name or type(sink).__name__
 
 
-def open_event_sinks(cfg: VidrecConfig, *, incarnation: int, queue_size: int, close_timeout_s: float) -> list[ThreadedSink]:
-    """The service's track event sinks (none without tracking), each writing from a thread of its own: Kafka's
-    tracks topic (``Kafka.tracks_topic``, default ``<topic>.tracks``; at least once through a memory-only spool
-    of ``Kafka.spool_memory_results`` events, the oldest dropped and counted beyond it) and Redis's current
-    tracks per stream (``P:tracks:S``)."""
+def open_track_sinks(cfg: VidrecConfig, targets: SinkTargets = SinkTargets(), *,
+                     servers_may_be_down: bool = False) -> list[Any]:
+    """The track event sinks (none without ``Tracker.enabled``), opened up front like ``open_sinks``: the
+    ``tracks_path`` JSONL file, Kafka's tracks topic (``Kafka.tracks_topic``, default ``<topic>.tracks``, the topic
+    being the command line's when it names one) and Redis's current tracks per stream (``P:tracks:S``)."""
     if not cfg.Tracker.enabled:
+        if targets.tracks_path is not None:
+            raise ConfigError(f"--tracks-out {targets.tracks_path}: no track events with Tracker.enabled=false")
         return []
-    down_ok = incarnation > 0
-    sinks: list[ThreadedSink] = []
+    sinks: list[Any] = []
     try:
-        k = cfg.Kafka
-        if k.bootstrap:
-            kafka = KafkaSink(k.bootstrap, k.tracks_topic_name, connect_timeout_s=k.connect_timeout_s,
-                              extra=kafka_security_kwargs(k), require_broker=not down_ok)
-            kafka.flush_timeout_s = close_timeout_s
-            spool = Spool(k.spool_memory_results, None)
-            sinks.append(SpooledSink(kafka, name="kafka.tracks", spool=spool,
-                                     batch_max=min(500, k.spool_memory_results // 2)))
-        r = cfg.Redis
-        if r.url:
-            redis = RedisTrackSink(r.url, history_len=r.history_len, ttl_s=r.ttl_s, key_prefix=r.key_prefix,
-                                   require_server=not down_ok, **redis_auth_kwargs(r))
-            sinks.append(AsyncSink(redis, name="redis.tracks", max_queue=queue_size))
+        if targets.tracks_path is not None:
+            sinks.append(JsonlSink(targets.tracks_path))
+        bootstrap = targets.kafka_bootstrap or cfg.Kafka.bootstrap
+        if bootstrap:
+            k = cfg.Kafka.model_copy(update={"bootstrap": bootstrap, "topic": targets.kafka_topic or cfg.Kafka.topic})
+            sinks.append(KafkaSink(bootstrap, k.tracks_topic_name, connect_timeout_s=k.connect_timeout_s,
+                                   extra=kafka_security_kwargs(k), require_broker=not servers_may_be_down))
+        redis_url = targets.redis_url or cfg.Redis.url
+        if redis_url:
+            r = cfg.Redis.model_copy(update={"url": redis_url})
+            sinks.append(RedisTrackSink(redis_url, history_len=r.history_len, ttl_s=r.ttl_s, key_prefix=r.key_prefix,
+                                        require_server=not servers_may_be_down, **redis_auth_kwargs(r)))
     except BaseException:
         for sink in sinks:
             sink.abort()
         raise
     return sinks
+
+
+def open_event_sinks(cfg: VidrecConfig, *, incarnation: int, queue_size: int, close_timeout_s: float) -> list[ThreadedSink]:
+    """The service's track event sinks, each writing from a thread of its own: Kafka at least once through a
+    memory-only spool of ``Kafka.spool_memory_results`` events (beyond it the oldest are dropped and counted),
+    named ``kafka.tracks``; Redis through the bounded queue, ``redis.tracks``."""
+    sinks = open_track_sinks(cfg, servers_may_be_down=incarnation > 0)
+    wrapped: list[ThreadedSink] = []
+    try:
+        for sink in sinks:
+            if isinstance(sink, KafkaSink):
+                sink.flush_timeout_s = close_timeout_s
+                k = cfg.Kafka
+                wrapped.append(SpooledSink(sink, name="kafka.tracks", spool=Spool(k.spool_memory_results, None),
+                                           batch_max=min(500, k.spool_memory_results // 2)))
+            else:
+                wrapped.append(AsyncSink(sink, name="redis.tracks", max_queue=queue_size))
+    except BaseException:
+        for sink in wrapped:
+            sink.abort()
+        for sink in sinks[len(wrapped):]:
+            sink.abort()
+        raise
+    return wrapped
 
 
 def event_sink_names(cfg: VidrecConfig) -> list[str]:

@@ -4,6 +4,10 @@ The same data path as the live service, with one source and no dropping: frames 
 batches of ``Global.batch_size``, recognised together, and every frame's result goes to every sink
 in frame order. A new version of the gallery saved meanwhile is picked up between batches (results carry
 ``gallery_version``). On any failure every sink is aborted, so no output file is left looking complete.
+
+With tracking, the run's track events go to the track sinks (``--tracks-out`` FILE.jsonl, and Kafka's tracks
+topic / Redis's current tracks when those are configured) after each batch's results; at the end of the file the
+tracks still open are ended (reason ``stream ended``), so every track started has its ``ended`` event.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from stream.frames import Frame
 from stream.sinks import ResultSink
 from stream.sinks.video import AnnotatedVideoWriter
 from stream.sources import FrameSource, open_source
-from workers.outputs import SinkTargets, open_sinks
+from workers.outputs import SinkTargets, open_sinks, open_track_sinks
 from workers.recognition import RecognitionStep
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,7 @@ class JobSummary:
     frames: int = 0
     objects: int = 0
     recognised: int = 0
+    track_events: int = 0
     seconds: float = 0.0
     outputs: list[str] = field(default_factory=list)
 
@@ -69,11 +74,13 @@ def run_video_job(
     summary = JobSummary()
     source: FrameSource = open_source(input_path, stream_id=cfg.Video.stream_id, every_nth=cfg.Video.every_nth)
     sinks: list[ResultSink] = []
+    track_sinks: list[ResultSink] = []
     writer: AnnotatedVideoWriter | None = None
     bar = None
     started = time.perf_counter()
     try:
         sinks = open_sinks(cfg, outputs)
+        track_sinks = open_track_sinks(cfg, outputs)
         if progress is None:
             progress = sys.stderr.isatty()
         if progress:
@@ -82,7 +89,8 @@ def run_video_job(
             bar = tqdm(total=source.frame_count, unit="frame", desc=source.stream_id, file=sys.stderr)
         step = RecognitionStep.from_config(cfg, system, class_names=class_names)
         for frames in batched(iter(source), cfg.Global.batch_size):
-            for frame, result in zip(frames, step.run(frames).results):
+            recognized = step.run(frames)
+            for frame, result in zip(frames, recognized.results):
                 for sink in sinks:
                     sink.write(result)
                 if outputs.video_path is not None:
@@ -92,14 +100,22 @@ def run_video_job(
                 summary.frames += 1
                 summary.objects += len(result.objects)
                 summary.recognised += sum(obj.label is not None for obj in result.objects)
+            for event in recognized.events:
+                for sink in track_sinks:
+                    sink.write(event)
+                summary.track_events += 1
             if bar is not None:
                 bar.update(len(frames))
-        for sink in sinks:
+        for event in step.end_stream(source.stream_id, "stream ended"):
+            for sink in track_sinks:
+                sink.write(event)
+            summary.track_events += 1
+        for sink in (*sinks, *track_sinks):
             sink.close()
         if writer is not None:
             writer.close()
     except BaseException:
-        for sink in sinks:
+        for sink in (*sinks, *track_sinks):
             sink.abort()
         if writer is not None:
             writer.abort()
@@ -109,7 +125,7 @@ def run_video_job(
             bar.close()
         source.close()
     summary.seconds = time.perf_counter() - started
-    summary.outputs = [str(p) for p in (outputs.json_path, outputs.video_path) if p is not None]
+    summary.outputs = [str(p) for p in (outputs.json_path, outputs.tracks_path, outputs.video_path) if p is not None]
     if outputs.video_path is not None and writer is None:
         log.warning("no frames were decoded from %s: %s not written", input_path, outputs.video_path)
     return summary
