@@ -218,14 +218,20 @@
     layout();
   }
 
+  // n tiles: ceil(sqrt n) columns and as many rows as they need (1 → 1×1, 2 → 2×1, 3 and 4 → 2×2, 5 → 3×2).
+  function gridShape(n) {
+    if (n <= 0) return { columns: 0, rows: 0 };
+    var columns = Math.ceil(Math.sqrt(n));
+    return { columns: columns, rows: Math.ceil(n / columns) };
+  }
+
   function layout() {
     var n = tiles.size;
-    var columns = n ? Math.ceil(Math.sqrt(n)) : 1;
-    var rows = n ? Math.ceil(n / columns) : 1;
-    overlay.columns = n ? columns : 0;
-    overlay.rows = n ? rows : 0;
-    el.grid.style.gridTemplateColumns = "repeat(" + columns + ", minmax(0, 1fr))";
-    el.grid.style.gridTemplateRows = "repeat(" + rows + ", minmax(0, 1fr))";
+    var shape = gridShape(n);
+    overlay.columns = shape.columns;
+    overlay.rows = shape.rows;
+    el.grid.style.gridTemplateColumns = "repeat(" + Math.max(1, shape.columns) + ", minmax(0, 1fr))";
+    el.grid.style.gridTemplateRows = "repeat(" + Math.max(1, shape.rows) + ", minmax(0, 1fr))";
     el.count.textContent = n === 1 ? "1 camera" : n + " cameras";
     var empty = el.grid.querySelector(".empty");
     if (!n && !empty) {
@@ -547,6 +553,13 @@
     });
   });
 
+  // Where a width×height picture goes in a W×H canvas: whole, its aspect ratio kept, centred ([x, y, w, h]).
+  function letterbox(width, height, W, H) {
+    var fit = Math.min(W / width, H / height);
+    var w = width * fit, h = height * fit;
+    return [(W - w) / 2, (H - h) / 2, w, h];
+  }
+
   function tagText(obj) {
     var labelled = obj.label !== null && obj.label !== undefined;
     if (obj.track_id !== null && obj.track_id !== undefined) return "#" + obj.track_id + (labelled ? " " + obj.label : "");
@@ -561,10 +574,8 @@
     var shown = tile.shown;
     var bitmap = shown.bitmap;
     var W = canvas.width, H = canvas.height;
-    // letterboxed: the whole snapshot, its aspect ratio kept, centred
-    var fit = Math.min(W / bitmap.width, H / bitmap.height);
-    var dw = bitmap.width * fit, dh = bitmap.height * fit;
-    var ox = (W - dw) / 2, oy = (H - dh) / 2;
+    var rect = letterbox(bitmap.width, bitmap.height, W, H);
+    var ox = rect[0], oy = rect[1], dw = rect[2], dh = rect[3];
     ctx.fillStyle = "#000";
     ctx.fillRect(0, 0, W, H);
     ctx.drawImage(bitmap, ox, oy, dw, dh);
@@ -709,8 +720,9 @@
 
   function fmtDwell(seconds) {
     if (typeof seconds !== "number" || !isFinite(seconds)) return "–";
-    if (seconds < 60) return seconds.toFixed(1) + " s";
-    return Math.floor(seconds / 60) + " min " + Math.round(seconds % 60) + " s";
+    if (seconds < 59.95) return seconds.toFixed(1) + " s";
+    var whole = Math.round(seconds);  // rounded first: 119.7 s is 2 min 0 s, not 1 min 60 s
+    return Math.floor(whole / 60) + " min " + (whole % 60) + " s";
   }
 
   function onTrackEvent(entry) {
@@ -817,6 +829,9 @@
       await sleep(STREAMS_REFRESH_MS);
     }
   }
+  // the pure parts, for the table-driven test (tests/test_overlay_parts.py)
+  overlay.parts = { gridShape: gridShape, letterbox: letterbox, tagText: tagText, trackColor: trackColor,
+                    fmtDwell: fmtDwell };
   streamsLoop();
   tracksLoop();
 })();
