@@ -96,11 +96,23 @@ def cyclist_gallery(tmp_path_factory: pytest.TempPathFactory, bikes_mp4: Path, m
     return index_dir
 
 
-def test_enrolled_object_is_found_in_later_frames(tmp_path: Path, bikes_mp4: Path, cyclist_gallery: Path) -> None:
+@pytest.mark.parametrize(
+    "tracking, recall_floor",
+    [
+        # per frame (PP-ShiTu per image): every box of every frame is recognised
+        ("false", 0.8),
+        # per track (the default): measured 14 of 18; a track has no id on its object's first frame and is named
+        # on its second attempt (min_votes 2), so each of the shot's two tracks starts with two unnamed frames
+        ("true", 0.7),
+    ],
+)
+def test_enrolled_object_is_found_in_later_frames(tmp_path: Path, bikes_mp4: Path, cyclist_gallery: Path,
+                                                  tracking: str, recall_floor: float) -> None:
     out = tmp_path / "r.jsonl"
     proc = run_vidrec(
         "video", bikes_mp4, "--every-nth", "2", "--json", out,
         "-o", f"IndexProcess.index_dir={cyclist_gallery}", "-o", "IndexProcess.score_thres=0.7",
+        "-o", f"Tracker.enabled={tracking}",
     )
     assert proc.returncode == 0, proc.stderr
     results = read_jsonl(out)
@@ -115,7 +127,7 @@ def test_enrolled_object_is_found_in_later_frames(tmp_path: Path, bikes_mp4: Pat
             and any(o["det_class"] == "person" for o in r["objects"])]
     assert len(shot) >= 10
     found = sum(named(r, "the cyclist") for r in shot)
-    assert found / len(shot) >= 0.8, f"named in {found} of {len(shot)} frames"
+    assert found / len(shot) >= recall_floor, f"named in {found} of {len(shot)} frames"
     # The name sits on the person box, not on the whole frame.
     for r in shot:
         for obj in r["objects"]:

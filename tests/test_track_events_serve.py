@@ -23,6 +23,7 @@ from tests.cli_helpers import sample_gallery
 from tests.prometheus_helpers import metric_samples
 from tests.serve_helpers import ServeProcess, TopicReader, free_port, wait_for
 from tests.test_serve_metrics import get
+from workers import http_schemas
 
 TOKEN = "tracks-token-" + uuid.uuid4().hex
 FRAMES = 250  # samples/bikes.mp4
@@ -136,6 +137,7 @@ def test_track_events_reach_kafka_redis_metrics_and_the_api(
 
         # -- GET /track-events and the thumbnails ---------------------------------------------------------
         page = serve.api("GET", "/track-events?limit=500").body
+        http_schemas.TrackEventPage.model_validate(page)  # the answer is what /openapi.json describes
         rows = page["events"]
         assert [r["n"] for r in rows] == sorted(r["n"] for r in rows) and page["next"] == rows[-1]["n"]
         on_kafka = [m.value for m in tracks.all()]

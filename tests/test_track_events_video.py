@@ -1,21 +1,27 @@
 """`vidrec video --tracks-out`: the run's track events as JSONL, through the real CLI, models and footage."""
 from __future__ import annotations
 
+import uuid
 from collections import defaultdict
 from pathlib import Path
 
 import jsonschema
+import redis
 
 from stream.track_events import load_track_event_schema
 from tests.cli_helpers import assert_one_line_error, read_jsonl, run_vidrec, sample_gallery
+from tests.serve_helpers import TopicReader, wait_for
 
 SCHEMA = load_track_event_schema()
 
 
-def test_tracks_out_has_every_track_started_and_ended_once(tmp_path: Path, bikes_mp4: Path) -> None:
+def test_tracks_out_has_every_track_started_and_ended_once(tmp_path: Path, bikes_mp4: Path, kafka_bootstrap: str,
+                                                         redis_url: str) -> None:
     gallery = sample_gallery(tmp_path / "index")
     results_path, tracks_path = tmp_path / "r.jsonl", tmp_path / "tracks.jsonl"
-    proc = run_vidrec("video", bikes_mp4, "--json", results_path, "--tracks-out", tracks_path, *gallery)
+    topic, prefix = f"vidrec-video-tracks-{uuid.uuid4().hex[:8]}", f"vv{uuid.uuid4().hex[:6]}"
+    proc = run_vidrec("video", bikes_mp4, "--json", results_path, "--tracks-out", tracks_path, "--kafka", kafka_bootstrap,
+                      "--topic", topic, "--redis", redis_url, "-o", f"Redis.key_prefix={prefix}", *gallery)
     assert proc.returncode == 0, proc.stderr
     events = read_jsonl(tracks_path)
     assert events, "bikes.mp4 has cyclists, cars and people to track"
@@ -35,6 +41,15 @@ def test_tracks_out_has_every_track_started_and_ended_once(tmp_path: Path, bikes
     # Every box with a track id in the results belongs to a track of the events.
     result_ids = {obj["track_id"] for r in read_jsonl(results_path) for obj in r["objects"]} - {None}
     assert result_ids == set(kinds)
+    # The same events, in the same order, on the tracks topic (key = stream id); none left in Redis's current tracks.
+    with TopicReader(kafka_bootstrap, f"{topic}.tracks") as reader:
+        wait_for(lambda: len(reader.all()) >= len(events), 60, "the track events on Kafka")
+        assert [m.value for m in reader.all()] == events and {m.key for m in reader.all()} == {b"bikes"}
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert not client.exists(f"{prefix}:tracks:bikes")
+    finally:
+        client.close()
 
 
 def test_tracks_out_with_tracking_off_is_a_one_line_error(tmp_path: Path, bikes_mp4: Path) -> None:

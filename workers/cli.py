@@ -27,6 +27,23 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _size_wh(text: str) -> tuple[int, int]:
+    width, sep, height = text.lower().partition("x")
+    if not (sep and width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT in pixels, e.g. 640x480, got {text!r}")
+    return int(width), int(height)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vidrec", description="Video recognition in the manner of PP-ShiTu.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -76,6 +93,24 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("model_dir", type=Path, help="folder with inference.json/.pdmodel (or model.*) and .pdiparams")
     convert.add_argument("out", type=Path, help="the .onnx file to write")
     convert.add_argument("--opset", type=int, default=13)
+
+    track = commands.add_parser(
+        "track",
+        help="run vidrec's tracker over MOTChallenge detections and write MOTChallenge results (to score it)",
+        description="Run the tracker `vidrec video` and `vidrec serve` use (Tracker.* settings honoured) over "
+        "MOTChallenge detections (frame,-1,x,y,w,h,score,... with 1-based frames, top-left x/y, scores 0..1) and "
+        "write MOTChallenge results (frame,id,x,y,w,h,score,-1,-1,-1), one line per tracked box, for scorers such "
+        "as motmetrics or TrackEval. Frame n is at (n-1)/FPS seconds; frames without detections still pass time. "
+        "A track is named from its second detection on, so its first has no results line.",
+    )
+    track.add_argument("detections", type=Path, metavar="DETECTIONS.txt", help="MOTChallenge detections file")
+    track.add_argument("--out", type=Path, required=True, metavar="RESULTS.txt", help="MOTChallenge results file to write")
+    _add_config_args(track)
+    track.add_argument("--frame-rate", type=_positive_float, default=25.0, metavar="FPS", help="frames per second (default: 25)")
+    track.add_argument(
+        "--size", type=_size_wh, metavar="WxH",
+        help="image size: boxes are clipped to it as in `vidrec video` (default: no clipping, any box is kept whole)",
+    )
 
     config = commands.add_parser("config", help="show the effective configuration")
     _add_config_args(config)
@@ -158,6 +193,18 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_track(args: argparse.Namespace) -> int:
+    from workers.track_job import run_track_job
+
+    cfg = load_config(args.config, args.overrides)
+    summary = run_track_job(cfg, args.detections, args.out, frame_rate=args.frame_rate, size=args.size)
+    log.info(
+        "%d frames, %d detections, %d tracked in %d tracks (tracker: %.0f frames/s); wrote %s",
+        summary.frames, summary.detections, summary.tracked_boxes, summary.tracks, summary.tracker_fps, args.out,
+    )
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
@@ -166,7 +213,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"video": _cmd_video, "serve": _cmd_serve, "gallery": _cmd_gallery, "models": _cmd_models, "config": _cmd_config}
+COMMANDS = {"video": _cmd_video, "serve": _cmd_serve, "gallery": _cmd_gallery, "models": _cmd_models, "track": _cmd_track, "config": _cmd_config}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,10 +6,11 @@ each behind a thread so that inference never waits for one: Kafka, the record of
 at-least-once spool (``SpooledSink``: memory, then disk; a restarted worker adopts what its dead predecessors
 spooled), the others (Redis: the latest state) through the bounded queue that drops the oldest (``AsyncSink``).
 
-Track events (with ``Tracker.enabled``) have sinks of their own, the same classes on other keys:
-``open_event_sinks`` (the service: Kafka's tracks topic through a memory-only spool, named ``kafka.tracks``;
-Redis's current tracks, ``redis.tracks``; both counted like the results' sinks, drops included) and
-``--tracks-out`` for ``vidrec video`` (a JSONL file of ``TrackEvent.to_json()``).
+Track events (with ``Tracker.enabled``) have sinks of their own, the same classes on other keys
+(``open_track_sinks``): the ``--tracks-out`` JSONL file of ``vidrec video``, Kafka's tracks topic and Redis's
+current tracks per stream. The service's (``open_event_sinks``) write from threads too: Kafka through a
+memory-only spool, named ``kafka.tracks``, Redis as ``redis.tracks``; both counted like the results' sinks, drops
+included.
 """
 from __future__ import annotations
 

@@ -42,7 +42,6 @@ class JobSummary:
     frames: int = 0
     objects: int = 0
     recognised: int = 0
-    track_events: int = 0
     seconds: float = 0.0
     outputs: list[str] = field(default_factory=list)
 
@@ -103,13 +102,11 @@ def run_video_job(
             for event in recognized.events:
                 for sink in track_sinks:
                     sink.write(event)
-                summary.track_events += 1
             if bar is not None:
                 bar.update(len(frames))
         for event in step.end_stream(source.stream_id, "stream ended"):
             for sink in track_sinks:
                 sink.write(event)
-            summary.track_events += 1
         for sink in (*sinks, *track_sinks):
             sink.close()
         if writer is not None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -28,6 +29,7 @@ import cv2
 import numpy as np
 
 from models.shitu import RecognizedBox, ShituSystem, StageTimes, crop_boxes
+from models.tracking.tracker import TimeWentBack
 from models.tracking.tracks import FramePlan, StreamTracks, TrackChange, TrackingParams
 
 log = logging.getLogger(__name__)
@@ -122,17 +124,11 @@ class TrackedSystem:
         answers: dict[tuple[int, int], tuple[str | None, float, np.ndarray]] = {
             key: (labels[n], float(scores[n]), crops[n]) for n, key in enumerate(wanted)
         }
-        out: list[list[RecognizedBox]] = []
-        crop_counts: list[int] = []
-        for i, (plan, meta) in enumerate(zip(plans, frames)):
-            if plan is None:
-                out.append(self._untracked(detections[i]))
-                crop_counts.append(0)
-                continue
-            out.append(self._boxes(plan, meta, answers, i, changes[i]))
-            crop_counts.append(sum(1 for key in answers if key[0] == i))
+        out = [self._untracked(detections[i]) if plan is None else self._boxes(plan, meta, answers, i, changes[i])
+               for i, (plan, meta) in enumerate(zip(plans, frames))]
+        per_frame = Counter(i for i, _ in wanted)
         times.post += (time.perf_counter() - t2) * 1000
-        return TrackedBatch(out, changes, crop_counts, times, version)
+        return TrackedBatch(out, changes, [per_frame[i] for i in range(len(frames))], times, version)
 
     # ------------------------------------------------------------------------------------------ internals
 
@@ -153,7 +149,7 @@ class TrackedSystem:
         try:
             try:
                 plan = tracks.plan(**kwargs)
-            except ValueError as exc:  # TimeWentBack: a new tracker for the new timeline
+            except TimeWentBack as exc:  # a new tracker for the new timeline
                 changes.extend(self.end(meta.stream_id, f"time went back ({exc})", frame_index=meta.index,
                                         capture_time=meta.capture_time))
                 tracks = StreamTracks(self.params, first_id=self._next_ids.pop(meta.stream_id, 1))

@@ -146,7 +146,8 @@ class FramePlan:
 
 
 class StreamTracks:
-    """The tracks of one stream, fed its frames in order."""
+    """The tracks of one stream, fed its frames in order. A track starts (``started``) at its first frame with an
+    id, its object's second detection (the tracker confirms a track there)."""
 
     def __init__(self, params: TrackingParams, *, first_id: int = 1) -> None:
         self.params = params
@@ -160,7 +161,8 @@ class StreamTracks:
     def plan(self, *, xyxy: np.ndarray, det_scores: np.ndarray, class_ids: np.ndarray, width: int, height: int,
              timestamp: float, capture_time: float, frame_index: int, gallery_version: int | None) -> FramePlan:
         """Track one frame's boxes and decide what to embed; raises ``TimeWentBack`` (tracks untouched)."""
-        ids = self.tracker.update(xyxy, det_scores, timestamp=timestamp, width=width, height=height)
+        ids = self.tracker.update(xyxy, det_scores, timestamp=timestamp, width=width, height=height,
+                                  class_ids=class_ids)
         boxes = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4).copy()
         boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0.0, float(width))
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0.0, float(height))

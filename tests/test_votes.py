@@ -1,0 +1,81 @@
+"""The vote that names a track (models/tracking/votes.py): pure, so checked with numbers."""
+from __future__ import annotations
+
+import pytest
+
+from models.tracking import VoteRule, Votes, attempt_weight
+
+
+@pytest.mark.parametrize(
+    "similarity, box_area, frame_area, weight",
+    [
+        (0.8, 100.0, 10_000.0, 0.8 * 0.1),  # a box of 1 % of the frame weighs sqrt(0.01) = 0.1 of its similarity
+        (0.9, 10_000.0, 10_000.0, 0.9),  # the whole frame: the similarity itself
+        (-0.3, 2_500.0, 10_000.0, 0.0),  # a negative similarity (IP on raw features) never votes against
+        (0.5, 20_000.0, 10_000.0, 0.5),  # a box larger than the frame (not clipped) counts as the frame
+        (0.5, 0.0, 10_000.0, 0.0),  # no area, no weight
+    ],
+)
+def test_attempt_weight(similarity: float, box_area: float, frame_area: float, weight: float) -> None:
+    assert attempt_weight(similarity, box_area=box_area, frame_area=frame_area) == pytest.approx(weight)
+
+
+def test_attempt_weight_needs_a_frame() -> None:
+    with pytest.raises(ValueError, match="frame_area"):
+        attempt_weight(0.9, box_area=1.0, frame_area=0.0)
+
+
+def run(attempts: list[tuple[str | None, float, float]], min_votes: int = 2) -> list[tuple[str | None, bool]]:
+    """Each attempt (label, similarity, weight) → (the track's label after it, whether it changed)."""
+    votes = Votes(rule=VoteRule(min_votes=min_votes))
+    after = []
+    for label, similarity, weight in attempts:
+        changed = votes.add(label, similarity, weight)
+        after.append((votes.label, changed))
+    return after
+
+
+@pytest.mark.parametrize(
+    "min_votes, attempts, expected",
+    [
+        # one lucky crop does not name a track; the second agreeing one does
+        (2, [("alice", 0.9, 0.3), ("alice", 0.8, 0.3)], [(None, False), ("alice", True)]),
+        # min_votes 1: the first attempt names it
+        (1, [("alice", 0.9, 0.3)], [("alice", True)]),
+        # two different answers, one each: nothing settles yet
+        (2, [("alice", 0.9, 0.3), ("bob", 0.9, 0.4)], [(None, False), (None, False)]),
+        # then bob gets a second vote and the most weight: bob
+        (2, [("alice", 0.9, 0.3), ("bob", 0.9, 0.4), ("bob", 0.8, 0.2)], [(None, False), (None, False), ("bob", True)]),
+        # named alice; two weaker bob votes do not outweigh alice's two stronger ones
+        (2, [("alice", 0.9, 0.5), ("alice", 0.9, 0.5), ("bob", 0.8, 0.2), ("bob", 0.8, 0.2)],
+         [(None, False), ("alice", True), ("alice", False), ("alice", False)]),
+        # ...but a later, stronger vote renames it
+        (2, [("alice", 0.9, 0.2), ("alice", 0.9, 0.2), ("bob", 0.9, 0.5), ("bob", 0.9, 0.5)],
+         [(None, False), ("alice", True), ("alice", False), ("bob", True)]),
+        # the gallery does not know it: unknown attempts hold it unnamed
+        (2, [(None, 0.4, 0.1), (None, 0.5, 0.1), ("alice", 0.71, 0.1)], [(None, False), (None, False), (None, False)]),
+        # named, then the unknown votes outweigh it: unnamed again
+        (2, [("alice", 0.8, 0.1), ("alice", 0.8, 0.1), (None, 0.5, 0.2), (None, 0.5, 0.2)],
+         [(None, False), ("alice", True), ("alice", False), (None, True)]),
+    ],
+)
+def test_the_vote(min_votes: int, attempts: list, expected: list) -> None:
+    assert run(attempts, min_votes=min_votes) == expected
+
+
+def test_score_is_the_winners_mean_similarity_and_restart_keeps_the_answer() -> None:
+    votes = Votes(rule=VoteRule(min_votes=2))
+    votes.add("alice", 0.9, 0.3)
+    votes.add("alice", 0.7, 0.3)
+    assert (votes.label, votes.score, votes.attempts, votes.tallied) == ("alice", pytest.approx(0.8), 2, 2)
+    votes.restart()  # a new gallery version: the tallies go, the answer stands until new votes settle
+    assert (votes.label, votes.score, votes.attempts, votes.tallied) == ("alice", pytest.approx(0.8), 2, 0)
+    assert not votes.add("bob", 0.95, 0.9)  # one vote is not enough to rename
+    assert votes.label == "alice" and votes.count("bob") == 1 and votes.count("alice") == 0
+    assert votes.add("bob", 0.85, 0.9)
+    assert (votes.label, votes.score) == ("bob", pytest.approx(0.9))
+
+
+def test_min_votes_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="min_votes"):
+        VoteRule(min_votes=0)
