@@ -46,7 +46,11 @@ def run(attempts: list[tuple[str | None, float, float]], min_votes: int = 2) -> 
         (2, [("alice", 0.9, 0.3), ("bob", 0.9, 0.4)], [(None, False), (None, False)]),
         # then bob gets a second attempt and leads: bob
         (2, [("alice", 0.9, 0.3), ("bob", 0.9, 0.4), ("bob", 0.8, 0.2)], [(None, False), (None, False), ("bob", True)]),
-        # near misses one by one (0.68, 0.69) and a hit (0.78): the mean 0.717 names the track
+        # distant views first (0.50, 0.55), then two good ones: the best two (0.81) name it; the mean of all
+        # (0.67) would not have
+        (2, [("dana", 0.5, 0.1), ("dana", 0.55, 0.1), ("dana", 0.8, 0.2), ("dana", 0.82, 0.2)],
+         [(None, False), (None, False), (None, False), ("dana", True)]),
+        # near misses one by one (0.68, 0.69) and a hit (0.78): the best two (0.735) name the track
         (2, [("dana", 0.68, 0.1), ("dana", 0.69, 0.1), ("dana", 0.78, 0.1)], [(None, False), (None, False), ("dana", True)]),
         # named alice; two weaker bob attempts do not outweigh alice's two stronger ones
         (2, [("alice", 0.9, 0.5), ("alice", 0.9, 0.5), ("bob", 0.8, 0.2), ("bob", 0.8, 0.2)],
@@ -68,7 +72,7 @@ def test_the_vote(min_votes: int, attempts: list, expected: list) -> None:
     assert run(attempts, min_votes=min_votes) == expected
 
 
-def test_score_is_the_winners_mean_similarity_and_restart_keeps_the_answer() -> None:
+def test_score_is_the_answers_strength_and_restart_keeps_the_answer() -> None:
     votes = Votes(rule=VoteRule(min_votes=2, score_thres=0.7))
     votes.add("alice", 0.9, 0.3)
     votes.add("alice", 0.7, 0.3)
@@ -79,6 +83,8 @@ def test_score_is_the_winners_mean_similarity_and_restart_keeps_the_answer() -> 
     assert votes.label == "alice" and votes.count("bob") == 1 and votes.count("alice") == 0
     assert votes.add("bob", 0.85, 0.9)
     assert (votes.label, votes.score) == ("bob", pytest.approx(0.9))
+    assert not votes.add("bob", 0.99, 0.9)  # a better view raises the score: the mean of the best two
+    assert votes.score == pytest.approx(0.97)
 
 
 def test_min_votes_must_be_positive() -> None:

@@ -9,18 +9,19 @@ so a clear match of a large view counts more than a doubtful one of a small, dis
 recognition votes by score and area alike; DeepStream keeps the last answer, with no vote).
 
 The rule: the label with the most weight leads; once it has at least ``min_votes`` attempts of its own, it is
-the track's answer if the mean similarity of its attempts reaches ``score_thres``, and the track is unnamed if
-not. Until then the track keeps what it had (unnamed at first), so one lucky or unlucky crop never names,
-renames or unnames a track, and a later, stronger vote can change it. The published ``score`` is the answer's
-mean similarity.
+the track's answer if its strength, the mean of its ``min_votes`` best similarities, reaches ``score_thres``,
+and the track is unnamed if not. Until then the track keeps what it had (unnamed at first), so one lucky or
+unlucky crop never names, renames or unnames a track, and a later, stronger vote can change it. The published
+``score`` is the answer's strength.
 
-Why the threshold applies to the mean and not to each attempt: with an ImageNet recognizer a true match often
-scores just under ``score_thres`` on one crop and well over it on the next. Thresholding each attempt first made
-those near misses votes for "unknown" that outweighed the hits (on vtest.avi's enrol-and-find scenario a person
-named in 29 of 40 frames one by one was never named as a track; docs/benchmarks.md). Averaged over a few views
-the true label's similarity settles above the threshold, while an object the gallery does not hold spreads its
-top-1 over several labels at low similarity and stays unnamed. A track whose item left the gallery is unnamed
-again by the votes after the change. Memory: one tally per distinct label, never a list of attempts.
+Why not threshold each attempt, or the mean of all: with an ImageNet recognizer a true match often scores just
+under ``score_thres`` on one crop and well over it on the next. Thresholding each attempt first made those near
+misses votes for "unknown" that outweighed the hits (on vtest.avi's enrol-and-find scenario a person named in 29
+of 40 frames one by one was never named as a track; docs/benchmarks.md), and the mean of all attempts stays
+under the threshold for as long as the early, distant views weigh in. Two good views of the same label are the
+evidence a per-frame rule asks of one. An object the gallery does not hold spreads its top-1 over several labels
+at low similarity and stays unnamed; a track whose item left the gallery is unnamed again by the votes after the
+change. Memory: one tally per distinct label (its ``min_votes`` best similarities), never a list of attempts.
 """
 from __future__ import annotations
 
@@ -50,11 +51,18 @@ def attempt_weight(similarity: float, *, box_area: float, frame_area: float) -> 
 class _Tally:
     count: int = 0
     weight: float = 0.0
-    similarity_sum: float = 0.0
+    best: list[float] = field(default_factory=list)  # the best similarities, highest first, at most min_votes
+
+    def add(self, similarity: float, weight: float, keep: int) -> None:
+        self.count += 1
+        self.weight += weight
+        self.best.append(similarity)
+        self.best.sort(reverse=True)
+        del self.best[keep:]
 
     @property
-    def mean(self) -> float:
-        return self.similarity_sum / self.count
+    def strength(self) -> float:
+        return sum(self.best) / len(self.best)
 
 
 @dataclass(slots=True)
@@ -70,21 +78,18 @@ class Votes:
     def add(self, label: str | None, similarity: float, weight: float) -> bool:
         """Count one attempt (``label`` None: the gallery had no answer at all); True when the track's label
         changed (named, renamed or unnamed)."""
-        tally = self._tallies.setdefault(label, _Tally())
-        tally.count += 1
-        tally.weight += weight
-        tally.similarity_sum += similarity
+        self._tallies.setdefault(label, _Tally()).add(similarity, weight, self.rule.min_votes)
         self.attempts += 1
         before = self.label
         leader, best = max(self._tallies.items(), key=lambda item: (item[1].weight, item[1].count))
         if best.count >= self.rule.min_votes:
-            named = leader is not None and best.mean >= self.rule.score_thres
+            named = leader is not None and best.strength >= self.rule.score_thres
             self.label = leader if named else None
         mine = self._tallies.get(self.label) if self.label is not None else None
         if self.label is None:
             self.score = None
         elif mine is not None:
-            self.score = mine.mean  # same answer, its mean moves
+            self.score = mine.strength  # same answer; a better view raises it
         return self.label != before
 
     def restart(self) -> None:
