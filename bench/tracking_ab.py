@@ -104,14 +104,16 @@ def speed(args: argparse.Namespace) -> None:
                 print(f"round {n + 1} {clip} tracking {variant}: {len(frames)} frames, {fps:.1f} fps, "
                       f"{crops / len(frames):.2f} crops/frame; {load()}", flush=True)
     print("\n| clip (frames) | crops/frame on / off | fewer crops (off/on) | fps on / off (median) | on/off fps | "
-          "fps per round: on; off |")
-    print("|---|---|---|---|---|---|")
+          "on/off per round (median) | fps per round: on; off |")
+    print("|---|---|---|---|---|---|---|")
     for clip, frames in clips.items():
         on, off = runs[(clip, "on")], runs[(clip, "off")]
         crops_on, crops_off = statistics.median(c for _, c in on), statistics.median(c for _, c in off)
         fps_on, fps_off = statistics.median(f for f, _ in on), statistics.median(f for f, _ in off)
         print(f"| {clip} ({len(frames)}) | {crops_on:.2f} / {crops_off:.2f} | ×{crops_off / crops_on:.1f} | "
-              f"{fps_on:.1f} / {fps_off:.1f} | ×{fps_on / fps_off:.2f} | {', '.join(f'{f:.1f}' for f, _ in on)}; "
+              f"{fps_on:.1f} / {fps_off:.1f} | ×{fps_on / fps_off:.2f} | "
+              f"{', '.join(f'×{a / b:.2f}' for (a, _), (b, _) in zip(on, off))} "
+              f"(×{statistics.median(a / b for (a, _), (b, _) in zip(on, off)):.2f}) | {', '.join(f'{f:.1f}' for f, _ in on)}; "
               f"{', '.join(f'{f:.1f}' for f, _ in off)} |")
     print(f"{load()} after")
 
