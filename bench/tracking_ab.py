@@ -1,6 +1,7 @@
 """Tracking on vs off (issue 11): recognizer crops, speed and label quality, A and B alternated in one process.
 
     VIDREC_MODEL_DIR=../shared/models .venv/bin/python bench/tracking_ab.py speed --rounds 3
+    VIDREC_MODEL_DIR=../shared/models .venv/bin/python bench/tracking_ab.py video --rounds 3
     VIDREC_MODEL_DIR=../shared/models .venv/bin/python bench/tracking_ab.py quality --split report
     VIDREC_MODEL_DIR=../shared/models .venv/bin/python bench/tracking_ab.py tune
 
@@ -10,6 +11,9 @@ models, docs/benchmarks.md) with the sample gallery and the default config, ``Tr
 turn (A B, then B A), one shared set of models, a fresh step (fresh tracks) per run; per run frames/s of the step
 and recognizer crops per frame (``RecognizedBatch.crops``, checked against a count in
 ``ShituSystem.search_crops``). Medians over rounds and the on/off ratios.
+
+``video``: ``vidrec video`` itself (``run_video_job``: decoding, the step, JSONL to a temporary file) over a whole
+clip (vtest.avi by default), on and off in turn: frames/s per run, medians and ratios.
 
 ``quality``: the enrol-and-find scenario of tests/test_retrieval_quality.py (four vtest.avi pedestrians enrolled
 from one frame each), scored by the same rule, with tracking on (every frame of each window range in order) and off
@@ -48,7 +52,7 @@ from tests.test_tracking_quality import Score, enrol, read_frames, run_in_order,
 from workers.recognition import RecognitionStep  # noqa: E402
 from workers.system import build_system, tracking_params  # noqa: E402
 from stream.sources import open_source  # noqa: E402
-from workers.video_job import batched  # noqa: E402
+from workers.video_job import VideoOutputs, batched, run_video_job  # noqa: E402
 
 SPLITS = {"tune": ("A dark coat", "B jeans"), "report": ("C black suit", "D blonde"), "all": tuple(PEDESTRIANS)}
 TRACKER_ON, TRACKER_OFF = "Tracker.enabled=true", "Tracker.enabled=false"
@@ -115,6 +119,33 @@ def speed(args: argparse.Namespace) -> None:
               f"{', '.join(f'×{a / b:.2f}' for (a, _), (b, _) in zip(on, off))} "
               f"(×{statistics.median(a / b for (a, _), (b, _) in zip(on, off)):.2f}) | {', '.join(f'{f:.1f}' for f, _ in on)}; "
               f"{', '.join(f'{f:.1f}' for f, _ in off)} |")
+    print(f"{load()} after")
+
+
+def video(args: argparse.Namespace) -> None:
+    """``vidrec video`` itself (``run_video_job``: decode, step, JSONL) over the whole clip, on and off in turn."""
+    index_dir = args.index_dir.resolve()
+    ensure_gallery(index_dir)
+    base = [f"IndexProcess.index_dir={index_dir}", *args.override]
+    cfgs = {"on": load_config(None, [*base, TRACKER_ON]), "off": load_config(None, [*base, TRACKER_OFF])}
+    system = build_system(cfgs["on"])
+    clip = args.clip or fetched_media("vtest.avi")
+    fps: dict[str, list[float]] = {"on": [], "off": []}
+    print(f"{load()} before; {clip.name}, whole clip", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in range(args.rounds):
+            for variant in (("on", "off") if n % 2 == 0 else ("off", "on")):
+                summary = run_video_job(cfgs[variant], system, clip, VideoOutputs(json_path=Path(tmp) / "r.jsonl"),
+                                        class_names=system.detector.class_names, progress=False)
+                fps[variant].append(summary.fps)
+                print(f"round {n + 1} tracking {variant}: {summary.frames} frames, {summary.fps:.1f} fps; {load()}",
+                      flush=True)
+    ratios = [a / b for a, b in zip(fps["on"], fps["off"])]
+    print(f"\n| {clip.name}: vidrec video fps on / off (median) | on/off | per round on/off (median) |")
+    print("|---|---|---|")
+    print(f"| {statistics.median(fps['on']):.1f} / {statistics.median(fps['off']):.1f} | "
+          f"×{statistics.median(fps['on']) / statistics.median(fps['off']):.2f} | "
+          f"{', '.join(f'×{r:.2f}' for r in ratios)} (×{statistics.median(ratios):.2f}) |")
     print(f"{load()} after")
 
 
@@ -286,6 +317,12 @@ def main() -> int:
     p.add_argument("--index-dir", type=Path, default=REPO / "out" / "sample_index")
     p.add_argument("-o", dest="override", action="append", default=[], help="more vidrec -o overrides (both runs)")
     p.set_defaults(run=speed)
+    p = sub.add_parser("video", help="vidrec video (run_video_job) over a whole clip: fps, on vs off")
+    p.add_argument("clip", type=Path, nargs="?", help="default: vtest.avi")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--index-dir", type=Path, default=REPO / "out" / "sample_index")
+    p.add_argument("-o", dest="override", action="append", default=[], help="more vidrec -o overrides (both runs)")
+    p.set_defaults(run=video)
     p = sub.add_parser("quality", help="the vtest enrol-and-find scenario, on vs off")
     p.add_argument("--split", choices=tuple(SPLITS), default="report")
     p.add_argument("--rounds", type=int, default=1, help="on/off rounds (the scores are deterministic; fps is not)")
