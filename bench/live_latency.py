@@ -186,6 +186,7 @@ class RunResult:
     cameras: int
     max_batch: int
     duration: float
+    tracking: str | None = None  # "on"/"off" with --tracking, else the config's
     messages: int = 0
     per_camera_fps: list[float] = field(default_factory=list)
     decoded: int = 0
@@ -207,7 +208,7 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
 
 
-def run_once(args: argparse.Namespace, cameras: int, max_batch: int) -> RunResult:
+def run_once(args: argparse.Namespace, cameras: int, max_batch: int, tracking: str | None = None) -> RunResult:
     topic = f"vidrec-bench-{cameras}cam-{uuid.uuid4().hex[:8]}"
     create_topic(args.kafka, topic)
     consumer = Consumer(args.kafka, topic)
@@ -225,12 +226,14 @@ def run_once(args: argparse.Namespace, cameras: int, max_batch: int) -> RunResul
            "-o", f"Global.backend={args.backend}"]
     for override in args.override:
         cmd += ["-o", override]
+    if tracking is not None:
+        cmd += ["-o", f"Tracker.enabled={'true' if tracking == 'on' else 'false'}"]
     log_path = tmp / "serve.log"
     log_file = open(log_path, "w")
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT)
     meter = CpuMeter(proc.pid)
     meter.start()
-    result = RunResult(cameras=cameras, max_batch=max_batch, duration=args.duration)
+    result = RunResult(cameras=cameras, max_batch=max_batch, duration=args.duration, tracking=tracking)
     base = f"http://127.0.0.1:{port}"
     others = {"rtsp server": find_pid(rf"rtsp_server\.py.*--port {args.rtsp_base.rsplit(':', 1)[1]}\b"),
               "kafka": find_pid(r"kafka\.Kafka ")}
@@ -380,6 +383,9 @@ def main() -> int:
     parser.add_argument("--startup-timeout", type=float, default=240.0)
     parser.add_argument("--stop-timeout", type=float, default=120.0)
     parser.add_argument("--keep-logs", action="store_true")
+    parser.add_argument("--tracking", default=None,
+                        help="comma-separated on/off: one run each per setting (Tracker.enabled), alternated per round")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat all runs; with --tracking, B A in even rounds")
     args = parser.parse_args()
     if not args.rtsp_base or not args.kafka:
         parser.error("RTSP_BASE and KAFKA_BOOTSTRAP (or --rtsp-base/--kafka): run scripts/services up")
@@ -392,10 +398,15 @@ def main() -> int:
         return 1
 
     results = []
-    runs = [(int(b), int(n)) for b in args.max_batch.split(",") for n in args.cameras.split(",")]
-    for b, n in runs:
-        print(f"{n} camera(s), max_batch {b}: {args.warmup + args.duration:.0f} s + startup", file=sys.stderr)
-        r = run_once(args, n, b)
+    settings = args.tracking.split(",") if args.tracking else [None]
+    if any(t not in (None, "on", "off") for t in settings):
+        parser.error(f"--tracking takes on and/or off, got {args.tracking!r}")
+    runs = [(int(b), int(n), t) for k in range(args.rounds) for b in args.max_batch.split(",")
+            for n in args.cameras.split(",") for t in (settings if k % 2 == 0 else settings[::-1])]
+    for b, n, t in runs:
+        print(f"{n} camera(s), max_batch {b}, tracking {t or 'as configured'}: {args.warmup + args.duration:.0f} s "
+              f"+ startup; load average {os.getloadavg()[0]:.2f}", file=sys.stderr)
+        r = run_once(args, n, b, t)
         results.append(r)
         print(f"  {r.messages} messages, ack p50 {pct(r.ack, 50):.0f} p99 {pct(r.ack, 99):.0f} ms, "
               f"exit {r.exit_code}, cpu {r.cpu}, notes {r.notes}", file=sys.stderr)
@@ -403,27 +414,27 @@ def main() -> int:
     load = os.getloadavg()
     print(f"\nload average before the last run's report: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
           f"backend {args.backend}, {args.duration:.0f} s measured per run\n")
-    print("| cameras | max_batch | fps/camera (results) | decoded | processed | dropped | capture→ack p50 / p99 / max (ms) "
+    print("| cameras | max_batch | tracking | fps/camera (results) | decoded | processed | dropped | capture→ack p50 / p99 / max (ms) "
           "| pixel→ack p50 / p99 (ms) | pixel→consumer p99 (ms) | service CPU (% of a core) | machine busy "
           "| p99 under target (ms): capture / pixel | exit |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         target = 300.0 if r.cameras == 1 else 1000.0
         ok_ack, ok_pixel = pct(r.ack, 99) < target, pct(r.pixel_ack, 99) < target
         fps = " / ".join(f"{v:.1f}" for v in r.per_camera_fps)
         drop_pct = 100.0 * r.dropped / max(1, r.decoded)
-        print(f"| {r.cameras} | {r.max_batch} | {fps} | {r.decoded} | {r.processed} | {r.dropped} ({drop_pct:.0f}%) "
+        print(f"| {r.cameras} | {r.max_batch} | {r.tracking or '-'} | {fps} | {r.decoded} | {r.processed} | {r.dropped} ({drop_pct:.0f}%) "
               f"| {pct(r.ack, 50):.0f} / {pct(r.ack, 99):.0f} / {max(r.ack, default=float('nan')):.0f} "
               f"| {pct(r.pixel_ack, 50):.0f} / {pct(r.pixel_ack, 99):.0f} | {pct(r.pixel_consumer, 99):.0f} "
               f"| {r.cpu['service']:.0f} | {r.cpu['machine']:.0f}% "
               f"| < {target:.0f}: {'yes' if ok_ack else 'NO'} / {'yes' if ok_pixel else 'NO'} | {r.exit_code} |")
-    print("\n| cameras | max_batch | p50 ms: queue (capture→batch) / models / publish (handed→ack) | CPU % of a core: inference / ingest / supervisor / other; RTSP server; Kafka "
+    print("\n| cameras | max_batch | tracking | p50 ms: queue (capture→batch) / models / publish (handed→ack) | CPU % of a core: inference / ingest / supervisor / other; RTSP server; Kafka "
           "| drops by kind | camera (stamp→capture) p50 / p99 ms | unstamped | notes |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         c = r.cpu
         drops = ", ".join(f"{k.removeprefix('dropped_')} {v}" for k, v in r.drops.items() if v) or "none"
-        print(f"| {r.cameras} | {r.max_batch} | {pct(r.queue, 50):.0f} / {pct(r.models, 50):.0f} / {pct(r.publish, 50):.0f} "
+        print(f"| {r.cameras} | {r.max_batch} | {r.tracking or '-'} | {pct(r.queue, 50):.0f} / {pct(r.models, 50):.0f} / {pct(r.publish, 50):.0f} "
               f"| {c.get('inference', 0):.0f} / {c.get('ingest', 0):.0f} / {c.get('supervisor', 0):.0f} / "
               f"{c.get('other', 0):.0f}; {c.get('rtsp server', float('nan')):.0f}; {c.get('kafka', float('nan')):.0f} "
               f"| {drops} | {pct(r.camera, 50):.0f} / {pct(r.camera, 99):.0f} | {r.unstamped} "
