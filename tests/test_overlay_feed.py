@@ -58,11 +58,18 @@ def test_a_feed_of_no_empty_or_too_many_streams_is_refused(parameters: list[str]
 
 
 class StatefulService(DictService):
-    """DictService with the stream view fields the feed's `state` events carry."""
+    """DictService with the stream view fields the feed's `state` events carry; the test changes its streams
+    while the feed's thread lists them, so the listing is of a copy taken at once."""
 
     def get_stream(self, stream_id: str) -> dict[str, Any]:
-        view = super().get_stream(stream_id)
-        return {**view, "state": "live", "reason": None, "last_latency_ms": {"total": 12.5}}
+        return self._view(stream_id, super().get_stream(stream_id)["url"])
+
+    def list_streams(self) -> list[dict[str, Any]]:
+        return [self._view(stream_id, url) for stream_id, url in list(self.streams.items())]
+
+    @staticmethod
+    def _view(stream_id: str, url: str) -> dict[str, Any]:
+        return {"id": stream_id, "url": url, "state": "live", "reason": None, "last_latency_ms": {"total": 12.5}}
 
 
 class FeedReader:
@@ -165,17 +172,24 @@ def test_one_feed_carries_the_results_and_states_of_exactly_its_streams(
         assert feed.of("result", "cam1")[3] == json.loads(written[("cam1", 3)].to_json())
         assert not feed.of("result", "cam3") and not feed.of("state", "cam3"), "a stream not asked for"
 
-        # 4. A removed stream gets a last `removed` state; the others go on; when none is left the feed ends.
+        # 4. A removed stream gets one `removed` state; the others go on; added again under its id, it is
+        #    followed again; when none is left the feed ends.
+        def yard_states() -> list[str]:
+            return [s["state"] for s in feed.of("state", "yard/east")]
+
         del service.streams["yard/east"]
-        wait_for(lambda: any(s["state"] == "removed" for s in feed.of("state", "yard/east")), FEED_DEADLINE_S,
-                 f"the removed state: {feed.events}")
+        wait_for(lambda: "removed" in yard_states(), FEED_DEADLINE_S, f"the removed state: {feed.events}")
         sink.write(_result("cam1", 4))
         wait_for(lambda: frames_of("cam1")[-1:] == [4], FEED_DEADLINE_S, f"cam1 goes on: {feed.events}")
+        assert yard_states()[-1] == "removed" and yard_states().count("removed") == 1, "one `removed`, then quiet"
+        service.streams["yard/east"] = "rtsp://h/yard/east"
+        sink.write(_result("yard/east", 5))
+        wait_for(lambda: frames_of("yard/east")[-1:] == [5] and yard_states()[-1] == "live", FEED_DEADLINE_S,
+                 f"the stream added again followed again: {feed.events}")
         assert not feed.ended.is_set()
-        del service.streams["cam1"]
+        del service.streams["cam1"], service.streams["yard/east"]
         assert feed.ended.wait(FEED_DEADLINE_S), f"the feed did not end: {feed.events}"
-        assert feed.of("state", "cam1")[-1]["state"] == "removed"
-        assert [s["state"] for s in feed.of("state", "yard/east")].count("removed") == 1, "one last state"
+        assert feed.of("state", "cam1")[-1]["state"] == "removed" and yard_states()[-1] == "removed"
     finally:
         feed.close()
 

@@ -87,27 +87,29 @@ def _follow(api: "ApiServer", stream_ids: list[str], stop: threading.Event, loop
                     return False
 
     assert api.results is not None
-    following = set(stream_ids)
+    removed: set[str] = set()  # told `removed`; one added again with the same id is followed again
     try:
         for item in api.results.follow(stream_ids, stop):
             if item is not None:
-                stream_id, text = item
-                if stream_id in following and not put(event("result", text)):
+                if not put(event("result", item[1])):
                     return
                 continue
             views = {view["id"]: view for view in api.service.list_streams()}
-            for stream_id in [s for s in stream_ids if s in following]:
+            for stream_id in stream_ids:
                 view = views.get(stream_id)
+                if view is None and stream_id in removed:
+                    continue
                 if view is None:
-                    following.discard(stream_id)
+                    removed.add(stream_id)
                     state = {"stream_id": stream_id, "state": "removed", "reason": "the stream was removed",
                              "latency_ms": {}}
                 else:
+                    removed.discard(stream_id)
                     state = {"stream_id": stream_id, "state": view["state"], "reason": view["reason"],
                              "latency_ms": view["last_latency_ms"]}
                 if not put(event("state", json.dumps(state, allow_nan=False))):
                     return
-            if not following:
+            if len(removed) == len(stream_ids):
                 return
     except redis.RedisError as exc:
         put(event("error", json.dumps({"error": f"Redis: {exc}"})))
