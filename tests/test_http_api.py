@@ -141,6 +141,14 @@ REFUSALS = [
     ("GET", "/gallery", None, {}, 404, "no gallery: IndexProcess.index_dir is not set"),
     # the overlay's events need Redis
     ("GET", "/streams/cam/events", None, {}, 503, "the overlay's results come from Redis: Redis.url is not set"),
+    ("GET", "/stream-events?stream=cam", None, {}, 503, "the overlay's results come from Redis: Redis.url is not set"),
+    # one feed for many streams: at least one, none empty, at most 64 (a repeat counts once), every one known
+    ("GET", "/stream-events", None, {}, 400, "name the streams to follow: ?stream=ID (repeat it for more streams)"),
+    ("GET", "/stream-events?stream=cam&stream=", None, {}, 400, "stream must not be empty"),
+    ("GET", "/stream-events?" + "&".join(f"stream=s{i}" for i in range(65)), None, {}, 400,
+     "at most 64 streams per feed, got 65"),
+    ("GET", "/stream-events?stream=cam&stream=nope&stream=a%2Fb", None, {}, 404, "no stream 'nope'"),
+    ("GET", "/stream-events?stream=a%2Fb", None, {}, 404, "no stream 'a/b'"),
     # tokens: POST/DELETE need one, and the right one
     ("DELETE", "/streams/cam", None, {}, 401, "missing bearer token (Authorization: Bearer <token>)"),
     ("DELETE", "/streams/cam", None, {"Authorization": "Bearer nope"}, 401, "wrong bearer token"),
@@ -219,6 +227,7 @@ READS = [
     ("/streams", {"params": {"access_token": "nope"}}, 401),  # a wrong one in the query
     ("/metrics", {}, 401),  # every GET route...
     ("/overlay", {}, 401),
+    ("/stream-events?stream=cam", {}, 401),  # the feed, before any check of its streams
     ("/openapi.json", {}, 401),
     ("/healthz", {}, 200),  # ...but /healthz
 ]
@@ -302,7 +311,7 @@ def _documented_routes() -> dict[tuple[str, str], set[int]]:
         match = re.match(r"\s+(GET|POST|DELETE)\s+(/\S*)\s*(.*)", line)
         if match:
             method, path, rest = match.groups()
-            path = re.sub(r"\[.*\]$", "", path).replace("{id}", "{stream_id}")
+            path = re.sub(r"(\[.*\]|\?.*)$", "", path).replace("{id}", "{stream_id}")  # no query part
             routes[(method, path)] = {int(code) for code in re.findall(r"(?<![\d.])([1-5]\d\d)(?![\d.])", rest)}
             if "/overlay/overlay.js" in rest:  # the page's own files, one route by name
                 routes[(method, "/overlay/{name}")] = set()

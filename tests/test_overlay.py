@@ -406,7 +406,7 @@ def test_read_auth_the_page_passes_its_token_on_and_shows_a_lost_service_and_a_r
         # 1. Without the token (or with a wrong one) every GET but /healthz is refused.
         assert get(base, "/healthz")[0] == 200
         for path in ("/overlay", "/overlay/overlay.js", "/overlay/overlay.css", "/streams", "/streams/bikes",
-                     "/streams/bikes/frame.jpg", "/streams/bikes/events", "/track-events",
+                     "/streams/bikes/frame.jpg", "/streams/bikes/events", "/stream-events?stream=bikes", "/track-events",
                      "/thumbnails/bikes/run/1"):
             assert get(base, path)[0] == 401, path
             assert get(base, path, token="wrong")[0] == 401, path
@@ -435,7 +435,7 @@ def test_read_auth_the_page_passes_its_token_on_and_shows_a_lost_service_and_a_r
             service_requests = [url for url in requests if url.startswith(base)]
             paths = {url[len(base):].split("?")[0] for url in service_requests}
             assert {"/overlay", "/overlay/overlay.js", "/overlay/overlay.css", "/streams",
-                    "/streams/bikes/events", "/streams/bikes/frame.jpg", "/track-events"} <= paths, paths
+                    "/stream-events", "/streams/bikes/frame.jpg", "/track-events"} <= paths, paths
             assert any(path.startswith("/thumbnails/bikes/") for path in paths), paths
             assert all(f"access_token={TOKEN}" in url for url in service_requests), service_requests
 

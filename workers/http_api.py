@@ -9,7 +9,8 @@
     GET    /recognitions       200 {"labels": [{"label", "count", "streams"}], "total"}: named objects per label
     GET    /overlay            the live overlay page (+ /overlay/overlay.js, /overlay/overlay.css)
     GET    /streams/{id}/frame.jpg[?index=N]   the newest overlay snapshot (JPEG, X-Frame-* headers) | 404
-    GET    /streams/{id}/events               text/event-stream: `result` (from Redis) and `state` events
+    GET    /stream-events?stream=A&stream=B   text/event-stream, up to 64 streams: `result`, `state` | 400 | 404 | 503
+    GET    /streams/{id}/events               the same for one stream (/stream-events?stream=ID) | 404 | 503
     GET    /track-events[?after=N&limit=M]    200 {"events": [{"n", "event", "thumbnail"}], "next"} | 400
     GET    /thumbnails/{stream_id}/{run_id}/{track_id}   a track's best crop (JPEG) | 400 | 404
     GET    /gallery            200 {"index_dir", "version", "entries", "labels"} | 404 without a gallery

@@ -30,7 +30,8 @@ from starlette.routing import Match
 
 from workers import http_schemas as schemas
 from workers import track_feed
-from workers.http_events import event_stream
+from workers.http_events import MAX_STREAMS as MAX_FEED_STREAMS
+from workers.http_events import event_stream, stream_ids_of
 from workers.http_errors import ApiError, status_of
 from workers.service_errors import RequestRefused
 
@@ -176,18 +177,36 @@ def build_app(api: "ApiServer") -> Callable[..., Awaitable[None]]:
             "X-Frame-Height": str(snap.height),
         })
 
+    feed = {200: {"content": {"text/event-stream": {}},
+                  "description": "Server-sent events naming their stream: result (from Redis), state (every second)"}}
+
+    @app.get("/stream-events", dependencies=reads, response_class=StreamingResponse,
+             responses={**feed, **described(400, 401, 404, 503)},
+             summary=f"The overlay's live feed of some streams (?stream=ID, repeated; at most {MAX_FEED_STREAMS})")
+    async def stream_events(request: Request) -> Response:
+        return await _feed(request.query_params.getlist("stream"))
+
     @app.get("/streams/{stream_id}/events", dependencies=reads, response_class=StreamingResponse,
-             responses={200: {"content": {"text/event-stream": {}},
-                              "description": "Server-sent events: result (from Redis), state (every second)"},
-                        **described(401, 404, 503)},
-             summary="The overlay's live feed of one stream")
+             responses={**feed, **described(401, 404, 503)},
+             summary="The overlay's live feed of one stream (/stream-events?stream=ID)")
     async def events(stream_id: str) -> Response:
-        stream_id = unquote(stream_id)
+        return await _feed([unquote(stream_id)])
+
+    async def _feed(stream_parameters: list[str]) -> Response:
+        """One feed for all the streams a page shows (a browser holds few connections; workers/http_events.py),
+        refused before the 200 goes out: no or too many streams (400), an unknown one (404), no Redis (503)."""
+        try:
+            stream_ids = stream_ids_of(stream_parameters)
+        except ValueError as exc:
+            raise ApiError(HTTPStatus.BAD_REQUEST, str(exc)) from None
+        # 404 naming the first unknown stream, before the 200 goes out
+        await call(lambda: [api.service.get_stream(stream_id) for stream_id in stream_ids])
         if api.results is None:
-            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "the overlay's results come from Redis: Redis.url is not set")
-        await call(api.service.get_stream, stream_id)  # 404 for an unknown stream, before the 200 goes out
-        return StreamingResponse(event_stream(api, stream_id), media_type="text/event-stream; charset=utf-8",
-                                 headers={"Cache-Control": "no-store", "Connection": "close", "X-Accel-Buffering": "no"})
+            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE,
+                           "the overlay's results come from Redis: Redis.url is not set")
+        headers = {"Cache-Control": "no-store", "Connection": "close", "X-Accel-Buffering": "no"}
+        return StreamingResponse(event_stream(api, stream_ids), media_type="text/event-stream; charset=utf-8",
+                                 headers=headers)
 
     @app.get("/metrics", dependencies=reads, response_class=Response,
              responses={200: {"content": {METRICS_CONTENT_TYPE: {}}, "description": "Prometheus text format"},
@@ -361,6 +380,12 @@ _FRAME_INDEX = {"name": "index", "in": "query", "required": False, "schema": {"t
                 "description": "A frame index among the kept snapshots; the newest without it."}
 
 
+_FEED_STREAMS = {"name": "stream", "in": "query", "required": True, "style": "form", "explode": True,
+                 "schema": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1,
+                            "maxItems": MAX_FEED_STREAMS},
+                 "description": "A stream to follow; repeat it for more (each at most once)."}
+
+
 _TRACK_EVENT_PARAMS = [
     {"name": "after", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0},
      "description": "The `next` of the previous answer: only events after it. Without it: the newest `limit`."},
@@ -391,6 +416,8 @@ def describe(app: FastAPI) -> dict[str, Any]:
                     operation["parameters"].append(_FRAME_INDEX)
                 if path == "/track-events":
                     operation["parameters"].extend(_TRACK_EVENT_PARAMS)
+                if path == "/stream-events":
+                    operation["parameters"].append(_FEED_STREAMS)
         app.openapi_schema = spec
     return app.openapi_schema
 

@@ -6,12 +6,14 @@
  * in its tile at the tile's own pixel size (labels stay readable however many cameras there are). A click (or
  * Enter) enlarges a tile to the whole window, a click or Esc puts it back; ?stream=ID opens with it enlarged.
  *
- * Per tile, as the one-stream page did: results arrive by server-sent events (GET /streams/{id}/events, `event:
- * result` = the FrameResult JSON); snapshots (GET /streams/{id}/frame.jpg) are fetched one after the other, at
- * most ~10 per second, and drawn with the result whose frame_index matches the snapshot's X-Frame-Index — never
- * with another frame's boxes. A browser keeps at most 6 connections to one service and every event stream holds
- * one, so only the first MAX_FEEDS visible tiles get a live result feed; the others show snapshots without
- * boxes and say so (enlarging one gives it a feed).
+ * Results: ONE feed of server-sent events for all the visible tiles (GET /stream-events?stream=A&stream=B...;
+ * `event: result` = the FrameResult JSON, `event: state` = {stream_id, state, reason, latency_ms}; each names its
+ * stream). One, because a browser keeps at most 6 connections to one service and an event stream holds one for
+ * good: a feed per tile would starve all but a few. The feed is reopened when the set of visible streams changes
+ * (a stream added or removed, a tile enlarged or put back); beyond MAX_FEED_STREAMS visible tiles (the service's
+ * bound) a second feed takes the next ones. Per tile: snapshots (GET /streams/{id}/frame.jpg) are fetched one
+ * after the other, at most ~10 per second, and drawn with the result whose frame_index matches the snapshot's
+ * X-Frame-Index — never with another frame's boxes.
  *
  * Boxes: colour per track id (a fixed hue walk, so a track keeps its colour), tag "#<track_id> <label>" or
  * "#<track_id>" while the track is unnamed; objects without a track (the whole-frame box, tracking off) keep the
@@ -31,7 +33,7 @@
   var COLORS = { labelled: [0, 230, 118], unlabelled: [255, 179, 0] };
   var LINE_WIDTH = 2;
   var FONT_PX = 12;
-  var MAX_FEEDS = 4;               // live result feeds at once (a browser allows 6 connections per service)
+  var MAX_FEED_STREAMS = 64;       // streams per result feed (GET /stream-events takes at most 64)
   var MAX_RESULTS = 120;           // results kept per tile, by frame_index
   var RESULT_WAIT_MS = 1000;       // how long a snapshot waits for its result before it is shown without boxes
   var MIN_FETCH_INTERVAL_MS = 100; // at most ~10 snapshots per second per tile
@@ -58,7 +60,8 @@
   };
 
   var overlay = {
-    tiles: {},          // stream id -> {stream_id, state, feed, visible, draws, results_seen, drawn}; drawn:
+    tiles: {},          // stream id -> {stream_id, state, feed, visible, draws, results_seen, drawn}; feed: the
+                        // tile is in an open result feed; drawn:
                         // {stream_id, frame_index, pts, capture_time, frame_width, frame_height, snapshot_width,
                         //  snapshot_height, canvas_width, canvas_height, image_rect: [x, y, w, h], has_result,
                         //  boxes: [{bbox, canvas_rect, label, score, det_class, det_score, track_id, text, color,
@@ -67,6 +70,7 @@
     columns: 0,
     rows: 0,
     enlarged: null,     // the enlarged stream's id
+    feeds: [],          // the result feeds: the stream ids each follows (one feed up to MAX_FEED_STREAMS tiles)
     tracks: [],         // the track list, newest first: {key, stream_id, run_id, track_id, event, label, time,
                         //  dwell_s, thumbnail}
     tracksSeen: 0,      // track events received
@@ -196,7 +200,7 @@
     tiles.forEach(function (tile, id) { if (ids.indexOf(id) < 0) removeTile(tile); });
     streams.forEach(function (s) {
       var tile = tiles.get(s.id) || addTile(s.id);
-      if (!tile.feed || !tile.stateFromFeed) setState(tile, s.state);
+      if (!tile.fed || !tile.stateFromFeed) setState(tile, s.state);
     });
     // keep the DOM in the service's order (moving a node blurs it: only when the order changed)
     var shownOrder = Array.prototype.map.call(el.grid.querySelectorAll("figure.tile"), function (t) {
@@ -262,9 +266,8 @@
         objects: root.querySelector(".tile-objects"),
       },
       ctx: null,
-      feed: null,           // the EventSource while this tile has a live result feed
+      fed: false,           // a result feed follows this tile's stream
       stateFromFeed: false, // the feed's `state` events are fresher than GET /streams
-      reopenTimer: null,
       results: new Map(),   // frame_index -> FrameResult, insertion order = arrival order
       waiting: null,        // {frameIndex, resolve} while a snapshot waits for its result
       shown: null,          // the snapshot on the canvas: {frame_index, pts, capture_time, frameW, frameH, bitmap, result}
@@ -292,7 +295,7 @@
 
   function removeTile(tile) {
     tile.alive = false;
-    closeFeed(tile);
+    tile.fed = false;  // the feeds follow the tiles left: layout() reopens them without this one
     if (tile.waiting) tile.waiting.resolve(null);
     if (tile.shown && tile.shown.bitmap) tile.shown.bitmap.close();
     resizeObserver.unobserve(tile.el.root);
@@ -342,50 +345,71 @@
   });
 
   // -- results (server-sent events) ------------------------------------------------------------------------
-  // The first MAX_FEEDS visible tiles (the enlarged one alone when there is one) get a feed; the others none.
+  var feeds = [];  // the open result feeds: {ids, key, number, source (EventSource or null), reopenTimer}
+
+  // The visible tiles (the enlarged one alone when there is one) in one feed, MAX_FEED_STREAMS at most each;
+  // reopened only when that set of streams changed.
   function updateFeeds() {
     var visibleIds = overlay.order.filter(function (id) { return tiles.has(id) && visible(tiles.get(id)); });
-    var fed = visibleIds.slice(0, MAX_FEEDS);
+    var groups = [];
+    for (var i = 0; i < visibleIds.length; i += MAX_FEED_STREAMS) groups.push(visibleIds.slice(i, i + MAX_FEED_STREAMS));
+    var keys = groups.map(function (ids) { return ids.join("\u0000"); });
+    var same = keys.length === feeds.length && keys.every(function (key, n) { return feeds[n].key === key; });
+    if (!same) {
+      feeds.forEach(closeFeed);
+      feeds = groups.map(function (ids, n) {
+        return openFeed({ ids: ids, key: keys[n], number: n, source: null, reopenTimer: null });
+      });
+      overlay.feeds = groups;
+    }
     tiles.forEach(function (tile, id) {
-      var want = fed.indexOf(id) >= 0;
-      if (want && !tile.feed && !tile.reopenTimer) openFeed(tile);
-      if (!want && (tile.feed || tile.reopenTimer)) closeFeed(tile);
-      tile.view.feed = want;
+      tile.fed = visibleIds.indexOf(id) >= 0;
+      if (!tile.fed) tile.stateFromFeed = false;
+      tile.view.feed = tile.fed;
     });
   }
 
-  function closeFeed(tile) {
-    if (tile.feed) tile.feed.close();
-    tile.feed = null;
-    tile.stateFromFeed = false;
-    if (tile.reopenTimer) clearTimeout(tile.reopenTimer);
-    tile.reopenTimer = null;
-    clearError(tile.id + ":events");
-    clearError(tile.id + ":events-server");
+  function feedErrorKey(feed) {
+    return "feed" + feed.number + ":";
   }
 
-  function openFeed(tile) {
-    tile.reopenTimer = null;
-    if (!tile.alive) return;
-    var url = apiUrl(streamPath(tile.id, "events"));
+  function closeFeed(feed) {
+    if (feed.source) feed.source.close();
+    feed.source = null;
+    if (feed.reopenTimer) clearTimeout(feed.reopenTimer);
+    feed.reopenTimer = null;
+    clearErrorsOf(feedErrorKey(feed));
+  }
+
+  function openFeed(feed) {
+    feed.reopenTimer = null;
+    var url = apiUrl("/stream-events?" + feed.ids.map(function (id) {
+      return "stream=" + encodeURIComponent(id);
+    }).join("&"));
     var source = new EventSource(url);
-    tile.feed = source;
-    function current() { return tile.alive && tile.feed === source; }
+    feed.source = source;
+    var key = feedErrorKey(feed);
+    function current() { return feed.source === source && feeds.indexOf(feed) >= 0; }
+    function tileOf(data) { return data && tiles.get(String(data.stream_id)); }
     source.onopen = function () {
       if (!current()) return;
-      clearError(tile.id + ":events");
+      clearError(key + "events");
       clearError("auth");
     };
     source.addEventListener("result", function (event) {
       if (!current()) return;
       var result;
       try { result = JSON.parse(event.data); } catch (e) { return; }
-      onResult(tile, result);
+      clearError(key + "server");
+      var tile = tileOf(result);
+      if (tile) onResult(tile, result);
     });
     source.addEventListener("state", function (event) {
       if (!current()) return;
       var data;
       try { data = JSON.parse(event.data); } catch (e) { return; }
+      var tile = tileOf(data);
+      if (!tile) return;
       tile.stateFromFeed = true;
       setState(tile, data.state, data.reason);
     });
@@ -395,36 +419,38 @@
         // the server's own `event: error` (e.g. Redis unreachable) before it ends the stream
         var message = event.data;
         try { message = JSON.parse(event.data).error || message; } catch (e) { /* plain text */ }
-        setError(tile.id + ":events-server", tile.id + ": result stream: " + message);
+        setError(key + "server", "result stream: " + message);
         return;
       }
       if (source.readyState === EventSource.CLOSED) {
         // The server answered with an error (EventSource hides the status): ask once more to learn it.
-        tile.feed = null;
-        diagnoseFeed(tile, url);
-        tile.reopenTimer = setTimeout(function () { openFeed(tile); }, EVENTS_REOPEN_MS);
+        feed.source = null;
+        diagnoseFeed(feed, url);
+        feed.reopenTimer = setTimeout(function () { if (feeds.indexOf(feed) >= 0) openFeed(feed); }, EVENTS_REOPEN_MS);
       } else {
-        setError(tile.id + ":events", "connection lost: the result stream of " + tile.id + " dropped — reconnecting…");
+        setError(key + "events", "connection lost: the result stream dropped — reconnecting…");
       }
     };
+    return feed;
   }
 
-  async function diagnoseFeed(tile, url) {
+  async function diagnoseFeed(feed, url) {
     var controller = new AbortController();
-    var key = tile.id + ":events";
+    var key = feedErrorKey(feed) + "events";
+    function current() { return feeds.indexOf(feed) >= 0; }
     try {
       var response = await fetch(url, { cache: "no-store", signal: controller.signal });
-      if (!tile.alive) return;
+      if (!current()) return;
       if (response.status === 401) {
         clearError(key);  // reachable, but refused
         setError("auth", authMessage());
       } else if (!response.ok) {
-        setError(key, tile.id + ": result stream refused: " + (await errorText(response)));
+        setError(key, "result stream refused: " + (await errorText(response)));
       } else {
-        setError(key, "connection lost: the result stream of " + tile.id + " closed — reconnecting…");
+        setError(key, "connection lost: the result stream closed — reconnecting…");
       }
     } catch (e) {
-      if (tile.alive) setError(key, "connection lost: cannot reach the service — reconnecting…");
+      if (current()) setError(key, "connection lost: cannot reach the service — reconnecting…");
     } finally {
       controller.abort();
     }
@@ -432,7 +458,6 @@
 
   function onResult(tile, result) {
     if (result.stream_id !== tile.id || typeof result.frame_index !== "number") return;
-    clearError(tile.id + ":events-server");
     var results = tile.results;
     results.delete(result.frame_index);
     results.set(result.frame_index, result);
@@ -450,7 +475,7 @@
   function waitForResult(tile, frameIndex) {
     var found = tile.results.get(frameIndex);
     if (found) return Promise.resolve(found);
-    if (!tile.feed) return Promise.resolve(null);  // no feed: nothing will come
+    if (!tile.fed) return Promise.resolve(null);  // no feed: nothing will come
     return new Promise(function (resolve) {
       var timer = setTimeout(function () { finish(null); }, RESULT_WAIT_MS);
       function finish(result) {
@@ -618,8 +643,7 @@
       });
       setNote(tile, boxes.length ? "" : "no objects in this frame");
     } else {
-      setNote(tile, tile.feed ? "no result for this frame (#" + shown.frame_index + ")"
-        : "no live boxes: at most " + MAX_FEEDS + " cameras get them at once — click to enlarge");
+      setNote(tile, "no result for this frame (#" + shown.frame_index + ")");
     }
     listObjects(tile, boxes);
     tile.view.drawn = {
