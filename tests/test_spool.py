@@ -86,14 +86,16 @@ def test_new_results_queue_behind_the_disk_even_when_memory_has_room(tmp_path: P
 
 
 def test_disk_bound_drops_the_oldest_segment_and_counts_it_per_stream(tmp_path: Path) -> None:
-    line_bytes = len(result(0).to_json()) + 1
-    per_segment = 1024 // line_bytes
-    spool = Spool(memory_max=2, directory=tmp_path, disk_max_bytes=3 * 1024, segment_bytes=1024)
+    per_segment = 3
     total = 2 + 6 * per_segment
+    # Segments of three lines and a disk of three segments, whatever a result's size (lines differ by a few
+    # digits, far less than a quarter, so a fourth line or a fourth segment never fits).
+    segment_bytes = per_segment * max(len(result(i, "a").to_json()) + 1 for i in range(total))
+    spool = Spool(memory_max=2, directory=tmp_path, disk_max_bytes=3 * segment_bytes, segment_bytes=segment_bytes)
     dropped_total = 0
     for i in range(total):
         dropped_total += sum(spool.put(result(i, "a" if i % 2 else "b")).values())
-    assert spool.disk_bytes() <= 3 * 1024
+    assert spool.disk_bytes() <= 3 * segment_bytes
     assert dropped_total == 3 * per_segment, "three whole segments went"
     assert sum(spool.dropped.values()) == dropped_total
     assert spool.dropped["a"] + spool.dropped["b"] == dropped_total and spool.dropped["a"] > 0 and spool.dropped["b"] > 0
