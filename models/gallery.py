@@ -151,6 +151,11 @@ class GalleryIndex:
     def ids(self) -> np.ndarray:
         return self._ids.copy()
 
+    @property
+    def labels(self) -> frozenset[str]:
+        """The distinct labels it holds."""
+        return frozenset(self._labels)
+
     def entries(self) -> list[tuple[int, str, str]]:
         """(id, label, stored line) of every entry, in index order."""
         return list(zip(self._ids.tolist(), self._labels, self._documents))

@@ -71,6 +71,7 @@ class _Recognizer(Protocol):
 
 class _Gallery(Protocol):
     version: int
+    labels: frozenset[str]  # its distinct labels (tracking unnames a track whose label left the gallery)
 
     def search(self, queries: np.ndarray, k: int): ...
 

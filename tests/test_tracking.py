@@ -262,3 +262,18 @@ def test_repeated_times_are_frames() -> None:
     box = np.array([[10, 10, 50, 90]], dtype=np.float32)
     got = [tracker.update(box, np.array([0.9]), timestamp=1.0, width=640, height=480).tolist() for _ in range(4)]
     assert got == [[-1], [1], [1], [1]]  # a still image read four times, or a camera with a stuck clock
+
+
+def test_a_new_gallery_without_a_tracks_label_unnames_it_at_once() -> None:
+    tracks = StreamTracks(params())
+    for n in range(3):
+        p = plan(tracks, [[10 + 2 * n, 10, 50 + 2 * n, 90]], n / 25, n)
+        if p.embed[0]:
+            tracks.record(1, label="van", similarity=0.9, box_area=3200.0, frame_area=640 * 480, frame_index=n,
+                          capture_time=0.0)
+    tracks.whole_frame_answer = ("street", 0.8)
+    assert tracks.tracks[1].votes.label == "van"
+    assert tracks.forget_labels_not_in(frozenset({"van", "street"}), frame_index=3, capture_time=0.0) == []
+    [change] = tracks.forget_labels_not_in(frozenset({"walker"}), frame_index=3, capture_time=1.5)
+    assert (change.kind, change.previous_label, change.track.label, change.frame_index) == ("labelled", "van", None, 3)
+    assert tracks.tracks[1].votes.label is None and tracks.whole_frame_answer == (None, None)

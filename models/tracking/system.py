@@ -95,7 +95,7 @@ class TrackedSystem:
         changes: list[list[TrackChange]] = [[] for _ in frames]
         plans: list[FramePlan | None] = []
         for i, (image, det, meta) in enumerate(zip(images_bgr, detections, frames)):
-            plans.append(self._plan(image, det, meta, version, changes[i]))
+            plans.append(self._plan(image, det, meta, gallery, changes[i]))
         # Crops to embed, in frame order: (frame, box row or -1 for the whole frame).
         wanted: list[tuple[int, int]] = []
         for i, plan in enumerate(plans):
@@ -132,8 +132,9 @@ class TrackedSystem:
 
     # ------------------------------------------------------------------------------------------ internals
 
-    def _plan(self, image: np.ndarray, det, meta: FrameMeta, version: int | None,  # noqa: ANN001
-              changes: list[TrackChange]) -> FramePlan | None:
+    def _plan(self, image: np.ndarray, det, meta: FrameMeta, gallery, changes: list[TrackChange]  # noqa: ANN001
+              ) -> FramePlan | None:
+        version = None if gallery is None else gallery.version
         height, width = image.shape[:2]
         tracks = self._streams.get(meta.stream_id)
         if tracks is not None and tracks.shape is not None and tracks.shape != (height, width):
@@ -146,6 +147,12 @@ class TrackedSystem:
         kwargs = dict(xyxy=det.xyxy, det_scores=det.confidence, class_ids=det.class_id, width=width, height=height,
                       timestamp=meta.timestamp, capture_time=meta.capture_time, frame_index=meta.index,
                       gallery_version=version)
+        if tracks.gallery_version != version:  # a new gallery: labels it no longer holds go at once
+            labels = frozenset() if gallery is None else gallery.labels
+            if tracks.gallery_version is not None:
+                changes.extend(tracks.forget_labels_not_in(labels, frame_index=meta.index,
+                                                           capture_time=meta.capture_time))
+            tracks.gallery_version = version
         try:
             try:
                 plan = tracks.plan(**kwargs)

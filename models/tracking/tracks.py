@@ -157,6 +157,7 @@ class StreamTracks:
         self.whole_frame_since = 0
         self.whole_frame_version: int | None = None
         self.whole_frame_answer: tuple[str | None, float | None] | None = None  # None: never embedded
+        self.gallery_version: int | None = None  # the version its labels come from
 
     def plan(self, *, xyxy: np.ndarray, det_scores: np.ndarray, class_ids: np.ndarray, width: int, height: int,
              timestamp: float, capture_time: float, frame_index: int, gallery_version: int | None) -> FramePlan:
@@ -217,6 +218,19 @@ class StreamTracks:
         if changed:
             return TrackChange("labelled", TrackSnapshot.of(track), frame_index, capture_time, previous_label=before)
         return None
+
+    def forget_labels_not_in(self, labels: frozenset[str], *, frame_index: int,
+                             capture_time: float) -> list[TrackChange]:
+        """A new gallery version: unname at once the tracks (and the whole frame) whose label it no longer holds."""
+        changes = []
+        for track in self.tracks.values():
+            before = track.votes.label
+            if track.votes.forget_unless(labels):
+                changes.append(TrackChange("labelled", TrackSnapshot.of(track), frame_index, capture_time,
+                                           previous_label=before))
+        if self.whole_frame_answer is not None and self.whole_frame_answer[0] not in labels:
+            self.whole_frame_answer = (None, None)
+        return changes
 
     def end_all(self, reason: str, *, frame_index: int, capture_time: float) -> list[TrackChange]:
         """End every track (stream ended, restarted, resized, failed) and start the next tracker after them."""

@@ -96,6 +96,14 @@ class Votes:
         """Forget the tallies (a new gallery version) but keep the answer until the new votes settle."""
         self._tallies.clear()
 
+    def forget_unless(self, labels: frozenset[str]) -> bool:
+        """Unname the track at once if its label is not among ``labels`` (a new gallery version no longer holds
+        it: no result of that version may carry it); True when it was unnamed."""
+        if self.label is None or self.label in labels:
+            return False
+        self.label = self.score = None
+        return True
+
     @property
     def tallied(self) -> int:
         """Attempts counted since the last ``restart`` (``attempts`` counts them all)."""
