@@ -21,7 +21,8 @@ of 40 frames one by one was never named as a track; docs/benchmarks.md), and the
 under the threshold for as long as the early, distant views weigh in. Two good views of the same label are the
 evidence a per-frame rule asks of one. An object the gallery does not hold spreads its top-1 over several labels
 at low similarity and stays unnamed; a track whose label a new gallery no longer holds is unnamed at once
-(``forget_unless``). Memory: one tally per distinct label (its ``min_votes`` best similarities), never a list of attempts.
+(``forget_unless``). Memory: one tally per distinct label (its ``min_votes`` best similarities), never a list
+of attempts.
 """
 from __future__ import annotations
 
