@@ -413,3 +413,28 @@ def test_rebuild_over_a_saved_gallery_can_continue_its_version(tmp_path: Path) -
     again = GalleryIndex.build(x, ["a.jpg\ta"] * 4, ["a"] * 4, version=3)
     assert again.version == 3
     assert [label for _, label, _ in again.entries()] == ["a"] * 4
+
+
+@pytest.mark.parametrize(
+    "queries, entries, threads",
+    [
+        (1, 3, 1),  # one crop against a small gallery: threads cost more than the search
+        (1, 1_000_000, 1),  # one query: faiss gains nothing from a second thread (measured at 50,000 entries)
+        (8, 3, 1),  # a batch against a small gallery
+        (8, 50_000, 0),  # a batch against a large gallery: faiss's own threads (2x faster measured)
+        (64, 2_000, 0),  # 128,000 pairs: worth the threads
+    ],
+)
+def test_search_threads(queries: int, entries: int, threads: int) -> None:
+    from models.gallery import _threads_for
+
+    assert _threads_for(queries, entries) == threads
+
+
+def test_a_search_leaves_faiss_threads_as_they_were() -> None:
+    import faiss
+
+    gallery = GalleryIndex.build(np.eye(4, dtype=np.float32), ["a", "b", "c", "d"], ["a", "b", "c", "d"])
+    before = faiss.omp_get_max_threads()
+    assert gallery.search(np.eye(4, dtype=np.float32)[:1], 1).labels == [["a"]]
+    assert faiss.omp_get_max_threads() == before
