@@ -8,30 +8,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from config import VidrecConfig, load_config
+from config import VidrecConfig
 from stream.clockcode import encode_clock
 from stream.frames import Frame
 from stream.sources import open_source
 from workers.gallery_job import new_gallery
 from workers.recognition import FrameContext, RecognitionStep, gallery_watcher
 from workers.system import build_recognizer, build_system
+from tests.sample_gallery import sample_gallery_config
 
-REPO = Path(__file__).resolve().parent.parent
 STAGES = ["decode", "detect", "recognize", "search", "post", "total"]
-
-
-def _gallery_config(index_dir: Path) -> VidrecConfig:
-    return load_config(None, [
-        f"IndexProcess.data_file={REPO / 'samples' / 'gallery' / 'data_file.txt'}",
-        f"IndexProcess.image_root={REPO / 'samples' / 'gallery'}",
-        f"IndexProcess.index_dir={index_dir}",
-    ])
 
 
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> VidrecConfig:
     """The sample gallery (taxi, cyclist from frame 120, parked bicycle), built in a folder of its own."""
-    cfg = _gallery_config(tmp_path_factory.mktemp("gallery") / "index")
+    cfg = sample_gallery_config(tmp_path_factory.mktemp("gallery") / "index")
     new_gallery(cfg, build_recognizer(cfg))
     return cfg
 
@@ -105,7 +97,7 @@ def test_without_context_a_result_is_a_file_jobs(cfg: VidrecConfig, frames: list
 
 
 def test_a_gallery_saved_between_batches_names_the_next_batch(tmp_path: Path, frames: list[Frame], model_dir: Path) -> None:
-    cfg = _gallery_config(tmp_path / "index")
+    cfg = sample_gallery_config(tmp_path / "index")
     recognizer = build_recognizer(cfg)
     new_gallery(cfg, recognizer)
     system = build_system(cfg)

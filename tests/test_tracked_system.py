@@ -10,28 +10,20 @@ from pathlib import Path
 import cv2
 import pytest
 
-from config import VidrecConfig, load_config
+from config import VidrecConfig
 from models.shitu import ShituSystem
 from stream.frames import Frame
 from stream.sources import open_source
 from workers.gallery_job import new_gallery
 from workers.recognition import RecognitionStep, gallery_watcher
 from workers.system import build_recognizer, build_system, tracking_params
+from tests.sample_gallery import sample_gallery_config
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _config(index_dir: Path) -> VidrecConfig:
-    return load_config(None, [
-        f"IndexProcess.data_file={REPO / 'samples' / 'gallery' / 'data_file.txt'}",
-        f"IndexProcess.image_root={REPO / 'samples' / 'gallery'}",
-        f"IndexProcess.index_dir={index_dir}",
-    ])
 
 
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> VidrecConfig:
-    cfg = _config(tmp_path_factory.mktemp("gallery") / "index")
+    cfg = sample_gallery_config(tmp_path_factory.mktemp("gallery") / "index")
     new_gallery(cfg, build_recognizer(cfg))
     return cfg
 
@@ -128,7 +120,7 @@ def test_time_that_goes_back_ends_the_tracks(cfg: VidrecConfig, system: ShituSys
 
 def test_a_gallery_swap_mid_track_embeds_every_live_track_again(tmp_path: Path, frames: list[Frame],
                                                                 model_dir: Path) -> None:
-    cfg = _config(tmp_path / "index")
+    cfg = sample_gallery_config(tmp_path / "index")
     recognizer = build_recognizer(cfg)
     new_gallery(cfg, recognizer)
     system = build_system(cfg)

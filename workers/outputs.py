@@ -91,15 +91,23 @@ def open_service_sinks(cfg: VidrecConfig, *, run_id: str, incarnation: int, queu
     result the first sink (Kafka when configured) accepted; for Kafka, when the broker acknowledged it."""
     # A restarted worker must come up even while a broker is down (its spool waits for it).
     sinks = open_sinks(cfg, servers_may_be_down=incarnation > 0)
+
+    def wrap(i: int, sink: Any) -> ThreadedSink:
+        on_written = on_first_written if i == 0 else None
+        if isinstance(sink, KafkaSink):
+            sink.flush_timeout_s = close_timeout_s
+            return _spooled(sink, cfg, run_id=run_id, incarnation=incarnation, on_written=on_written)
+        return AsyncSink(sink, name=_sink_name(sink), max_queue=queue_size, on_written=on_written)
+
+    return _threaded(sinks, wrap)
+
+
+def _threaded(sinks: list[Any], wrap: Callable[[int, Any], ThreadedSink]) -> list[ThreadedSink]:
+    """``wrap(i, sink)`` for every sink; when one fails, every sink, wrapped or not, is aborted."""
     wrapped: list[ThreadedSink] = []
     try:
         for i, sink in enumerate(sinks):
-            on_written = on_first_written if i == 0 else None
-            if isinstance(sink, KafkaSink):
-                sink.flush_timeout_s = close_timeout_s
-                wrapped.append(_spooled(sink, cfg, run_id=run_id, incarnation=incarnation, on_written=on_written))
-            else:
-                wrapped.append(AsyncSink(sink, name=_sink_name(sink), max_queue=queue_size, on_written=on_written))
+            wrapped.append(wrap(i, sink))
     except BaseException:
         for sink in wrapped:
             sink.abort()
@@ -166,23 +174,16 @@ def open_event_sinks(cfg: VidrecConfig, *, incarnation: int, queue_size: int, cl
     memory-only spool of ``Kafka.spool_memory_results`` events (beyond it the oldest are dropped and counted),
     named ``kafka.tracks``; Redis through the bounded queue, ``redis.tracks``."""
     sinks = open_track_sinks(cfg, servers_may_be_down=incarnation > 0)
-    wrapped: list[ThreadedSink] = []
-    try:
-        for sink in sinks:
-            if isinstance(sink, KafkaSink):
-                sink.flush_timeout_s = close_timeout_s
-                k = cfg.Kafka
-                wrapped.append(SpooledSink(sink, name="kafka.tracks", spool=Spool(k.spool_memory_results, None),
-                                           batch_max=min(500, k.spool_memory_results // 2)))
-            else:
-                wrapped.append(AsyncSink(sink, name="redis.tracks", max_queue=queue_size))
-    except BaseException:
-        for sink in wrapped:
-            sink.abort()
-        for sink in sinks[len(wrapped):]:
-            sink.abort()
-        raise
-    return wrapped
+
+    def wrap(_: int, sink: Any) -> ThreadedSink:
+        if isinstance(sink, KafkaSink):
+            sink.flush_timeout_s = close_timeout_s
+            k = cfg.Kafka
+            return SpooledSink(sink, name="kafka.tracks", spool=Spool(k.spool_memory_results, None),
+                               batch_max=min(500, k.spool_memory_results // 2))
+        return AsyncSink(sink, name="redis.tracks", max_queue=queue_size)
+
+    return _threaded(sinks, wrap)
 
 
 def event_sink_names(cfg: VidrecConfig) -> list[str]:
