@@ -65,6 +65,10 @@ class TrackEvent:
         return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
 
     @classmethod
+    def from_json(cls, text: str) -> "TrackEvent":
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrackEvent":
         box = tuple(data["box"])
         best = None if data["best_box"] is None else tuple(data["best_box"])

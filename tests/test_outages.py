@@ -190,6 +190,10 @@ def test_a_silent_camera_is_caught_by_the_watchdog_while_the_other_goes_on(
     )
     try:
         wait_for(serve.healthy, 120, "healthy service (needs VIDREC_MODEL_DIR and scripts/services)")
+        # The other camera must be going before "it went on" means anything: in a clean-clone CI run its first
+        # connection came after the paused one had stalled and reconnected (the broker restarted by the test
+        # before was still starting, on two cores).
+        wait_for(lambda: serve.stream("clock")["counters"]["published"]["kafka"] > 0, 60, "the clock camera publishing")
         wait_for(lambda: serve.stream("paused")["state"] == "stalled", 60, "the paused camera marked stalled")
         view = serve.stream("paused")
         assert "(watchdog)" in view["reason"], view["reason"]

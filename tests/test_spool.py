@@ -141,3 +141,32 @@ def test_a_dead_predecessors_segments_come_first_and_a_torn_line_is_cut(tmp_path
     got = drain_in_batches(new, 4)
     assert indices(got) == list(range(2, 12)) + [100]
     assert [r.to_json() for r in got[:10]] == [result(i, "a" if i % 2 else "b").to_json() for i in range(2, 12)]
+
+
+def test_track_events_spool_through_disk_too(tmp_path: Path) -> None:
+    """The track events' Kafka sink has a spool of its own: the same FIFO, read back as TrackEvents."""
+    from stream.track_events import TrackEvent
+
+    def event(i: int) -> TrackEvent:
+        return TrackEvent(event="started", stream_id="cam", track_id=i + 1, frame_index=i, time=1000.0 + i,
+                          label=None, score=None, det_class="person", box=(1.5, 2.25, 30.0, 40.0), first_seen=1000.0,
+                          last_seen=1000.0 + i, dwell_s=0.0, attempts=0, best_box=None, best_frame_index=None)
+
+    spool = Spool(memory_max=2, directory=tmp_path, disk_max_bytes=8192, segment_bytes=1024, decode=TrackEvent.from_json)
+    for i in range(6):
+        assert not spool.put(event(i))
+    assert spool.disk_bytes() > 0
+    got = drain_in_batches(spool, 4)
+    assert got == [event(i) for i in range(6)]  # whole events, in order, memory then disk
+
+
+def test_spool_folders_are_per_sink(tmp_path: Path) -> None:
+    from stream.sinks.spool import spool_dir, spool_dirs_of_run
+
+    for label in ("r1", "r1.1"):
+        for sink in ("kafka", "kafka.tracks"):
+            spool_dir(tmp_path, label, sink).mkdir()
+    spool_dir(tmp_path, "r2", "kafka").mkdir()  # another run's
+    assert [d.name for d in spool_dirs_of_run(tmp_path, "r1")] == ["vidrec-spool-r1-kafka", "vidrec-spool-r1.1-kafka"]
+    assert [d.name for d in spool_dirs_of_run(tmp_path, "r1", "kafka.tracks")] == [
+        "vidrec-spool-r1-kafka.tracks", "vidrec-spool-r1.1-kafka.tracks"]

@@ -175,7 +175,7 @@ class InferenceWorker:
                                         close_timeout_s=settings.sink_close_timeout_s,
                                         on_first_written=self._observe_e2e)
         try:
-            self.event_sinks = open_event_sinks(cfg, incarnation=settings.incarnation,
+            self.event_sinks = open_event_sinks(cfg, run_id=settings.run_id, incarnation=settings.incarnation,
                                                 queue_size=settings.sink_queue_size,
                                                 close_timeout_s=settings.sink_close_timeout_s)
         except BaseException:

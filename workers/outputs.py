@@ -8,9 +8,9 @@ spooled), the others (Redis: the latest state) through the bounded queue that dr
 
 Track events (with ``Tracker.enabled``) have sinks of their own, the same classes on other keys
 (``open_track_sinks``): the ``--tracks-out`` JSONL file of ``vidrec video``, Kafka's tracks topic and Redis's
-current tracks per stream. The service's (``open_event_sinks``) write from threads too: Kafka through a
-memory-only spool, named ``kafka.tracks``, Redis as ``redis.tracks``; both counted like the results' sinks, drops
-included.
+current tracks per stream. The service's (``open_event_sinks``) write from threads too: Kafka through a spool of
+its own, memory then disk like the results' (a broker outage loses no event within ``Kafka.spool_max_bytes``),
+named ``kafka.tracks``, Redis as ``redis.tracks``; both counted like the results' sinks, drops included.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from stream.sinks.redis import RedisSink, RedisTrackSink, redis_auth_kwargs
 from stream.sinks.spool import Spool, spool_dir, spool_dirs_of_run
 from stream.sinks.spooled import SpooledSink
 from stream.sinks.threaded import ThreadedSink
+from stream.track_events import TrackEvent
 
 log = logging.getLogger(__name__)
 
@@ -117,20 +118,24 @@ def _threaded(sinks: list[Any], wrap: Callable[[int, Any], ThreadedSink]) -> lis
     return wrapped
 
 
-def _spooled(sink: KafkaSink, cfg: VidrecConfig, *, run_id: str, incarnation: int,
-             on_written: Callable[[FrameResult], None] | None) -> SpooledSink:
-    """Kafka publishes at least once through a memory+disk spool (disk when ``Kafka.spool_max_bytes`` > 0)."""
+def _spooled(sink: KafkaSink, cfg: VidrecConfig, *, run_id: str, incarnation: int, name: str = "kafka",
+             decode: Callable[[str], Any] = FrameResult.from_json,
+             on_written: Callable[[FrameResult], None] | None = None) -> SpooledSink:
+    """Kafka publishes at least once through a memory+disk spool (disk when ``Kafka.spool_max_bytes`` > 0), one
+    per Kafka sink (``name``: the results' ``kafka``, the track events' ``kafka.tracks``)."""
     k = cfg.Kafka
     directory, adopt = None, []
     if k.spool_max_bytes > 0:
-        directory = spool_dir(spool_base(k), result_run_id(run_id, incarnation))
+        directory = spool_dir(spool_base(k), result_run_id(run_id, incarnation), name)
         # A restarted worker takes over what its dead predecessors had spooled on disk.
-        adopt = [d for d in spool_dirs_of_run(spool_base(k), run_id) if d != directory]
+        adopt = [d for d in spool_dirs_of_run(spool_base(k), run_id, name) if d != directory]
     segment = max(64 * 1024, min(4 * 1024 * 1024, k.spool_max_bytes // 4))
-    spool = Spool(k.spool_memory_results, directory, disk_max_bytes=k.spool_max_bytes, segment_bytes=segment, adopt=adopt)
+    spool = Spool(k.spool_memory_results, directory, disk_max_bytes=k.spool_max_bytes, segment_bytes=segment,
+                  adopt=adopt, decode=decode)
     if spool.adopted:
-        log.warning("kafka spool: %d result(s) a previous inference worker left on disk go out first", spool.adopted)
-    return SpooledSink(sink, name="kafka", spool=spool, batch_max=min(500, k.spool_memory_results // 2),
+        log.warning("%s spool: %d message(s) a previous inference worker left on disk go out first", name,
+                    spool.adopted)
+    return SpooledSink(sink, name=name, spool=spool, batch_max=min(500, k.spool_memory_results // 2),
                        on_written=on_written)
 
 
@@ -169,18 +174,18 @@ def open_track_sinks(cfg: VidrecConfig, targets: SinkTargets = SinkTargets(), *,
     return sinks
 
 
-def open_event_sinks(cfg: VidrecConfig, *, incarnation: int, queue_size: int, close_timeout_s: float) -> list[ThreadedSink]:
-    """The service's track event sinks, each writing from a thread of its own: Kafka at least once through a
-    memory-only spool of ``Kafka.spool_memory_results`` events (beyond it the oldest are dropped and counted),
-    named ``kafka.tracks``; Redis through the bounded queue, ``redis.tracks``."""
+def open_event_sinks(cfg: VidrecConfig, *, run_id: str, incarnation: int, queue_size: int,
+                     close_timeout_s: float) -> list[ThreadedSink]:
+    """The service's track event sinks, each writing from a thread of its own: Kafka at least once through a spool
+    of its own (as the results', with the same bounds), named ``kafka.tracks``; Redis through the bounded queue,
+    ``redis.tracks``."""
     sinks = open_track_sinks(cfg, servers_may_be_down=incarnation > 0)
 
     def wrap(_: int, sink: Any) -> ThreadedSink:
         if isinstance(sink, KafkaSink):
             sink.flush_timeout_s = close_timeout_s
-            k = cfg.Kafka
-            return SpooledSink(sink, name="kafka.tracks", spool=Spool(k.spool_memory_results, None),
-                               batch_max=min(500, k.spool_memory_results // 2))
+            return _spooled(sink, cfg, run_id=run_id, incarnation=incarnation, name="kafka.tracks",
+                            decode=TrackEvent.from_json)
         return AsyncSink(sink, name="redis.tracks", max_queue=queue_size)
 
     return _threaded(sinks, wrap)

@@ -335,13 +335,14 @@ class Supervisor:
         if removed:
             log.info("removed %d shared-memory segment(s) left by the workers", len(removed))
         if self.cfg.Kafka.bootstrap and self.cfg.Kafka.spool_max_bytes > 0:
-            from stream.sinks.spool import discard_spool_dir, spool_dirs_of_run
+            from stream.sinks.spool import SPOOLED_SINKS, discard_spool_dir, spool_dirs_of_run
             from workers.outputs import spool_base
 
-            for folder in spool_dirs_of_run(spool_base(self.cfg.Kafka), self.run_id):  # left by a killed worker
-                lost = discard_spool_dir(folder)
-                if lost:
-                    log.error("%s: %d spooled result(s) never published (lost)", folder, lost)
+            for sink in SPOOLED_SINKS:
+                for folder in spool_dirs_of_run(spool_base(self.cfg.Kafka), self.run_id, sink):  # a killed worker's
+                    lost = discard_spool_dir(folder)
+                    if lost:
+                        log.error("%s: %d spooled message(s) never published (lost)", folder, lost)
 
     def _set_failure(self, message: str) -> None:
         if self._failure is None:

@@ -21,29 +21,41 @@ import threading
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Protocol
 
 from stream.messages import FrameResult
+
+
+class Spoolable(Protocol):
+    """What a spool holds: a message of one stream that turns into one JSON line and back (``decode``): a
+    ``FrameResult``, or a ``TrackEvent``."""
+
+    stream_id: str
+
+    def to_json(self) -> str: ...
 
 _SEGMENT_GLOB = "segment-*.jsonl"
 
 
-def spool_dir(base: str | Path, run_label: str) -> Path:
-    """Where the inference worker of ``run_label`` (``<run>`` or ``<run>.<n>``) spools Kafka results."""
-    return Path(base) / f"vidrec-spool-{run_label}-kafka"
+SPOOLED_SINKS: tuple[str, ...] = ("kafka", "kafka.tracks")  # the results' and the track events' Kafka sinks
 
 
-def spool_dirs_of_run(base: str | Path, run_id: str) -> list[Path]:
-    """Every worker incarnation's spool folder of a run under ``base``, oldest first."""
+def spool_dir(base: str | Path, run_label: str, sink: str = "kafka") -> Path:
+    """Where the inference worker of ``run_label`` (``<run>`` or ``<run>.<n>``) spools what ``sink`` publishes."""
+    return Path(base) / f"vidrec-spool-{run_label}-{sink}"
+
+
+def spool_dirs_of_run(base: str | Path, run_id: str, sink: str = "kafka") -> list[Path]:
+    """Every worker incarnation's spool folder of a run and sink under ``base``, oldest first."""
 
     def label(path: Path) -> str:
-        return path.name[len("vidrec-spool-"):-len("-kafka")]
+        return path.name[len("vidrec-spool-"):-len(f"-{sink}")]
 
     def incarnation(path: Path) -> int:
         tail = label(path)[len(run_id):].lstrip(".")
         return int(tail) if tail.isdigit() else 0
 
-    found = [d for d in Path(base).glob(f"vidrec-spool-{run_id}*-kafka") if d.is_dir()]
+    found = [d for d in Path(base).glob(f"vidrec-spool-{run_id}*-{sink}") if d.is_dir()]
     return sorted((d for d in found if label(d).split(".")[0] == run_id), key=incarnation)
 
 
@@ -72,7 +84,8 @@ class _Segment:
 
 class Spool:
     def __init__(self, memory_max: int, directory: str | Path | None = None, *, disk_max_bytes: int = 0,
-                 segment_bytes: int = 4 * 1024 * 1024, adopt: Iterable[Path] = ()) -> None:
+                 segment_bytes: int = 4 * 1024 * 1024, adopt: Iterable[Path] = (),
+                 decode: Callable[[str], Spoolable] = FrameResult.from_json) -> None:
         if memory_max < 1:
             raise ValueError(f"spool memory_max must be >= 1, got {memory_max}")
         if directory is not None and disk_max_bytes < segment_bytes:
@@ -81,8 +94,9 @@ class Spool:
         self.directory = None if directory is None else Path(directory)
         self.disk_max_bytes = disk_max_bytes
         self.segment_bytes = segment_bytes
+        self._decode = decode
         self._lock = threading.Lock()
-        self._memory: deque[FrameResult] = deque()
+        self._memory: deque[Spoolable] = deque()
         self._segments: deque[_Segment] = deque()
         self._writer: object | None = None  # open file of the newest segment
         self._next_segment = 0
@@ -137,7 +151,7 @@ class Spool:
             return sum(s.nbytes for s in self._segments)
 
     # -- writer side --------------------------------------------------------------------------------------
-    def put(self, result: FrameResult) -> Counter:
+    def put(self, result: Spoolable) -> Counter:
         """Add the newest result; returns what had to be dropped to make room (per stream, usually empty)."""
         dropped: Counter = Counter()
         with self._lock:
@@ -159,7 +173,7 @@ class Spool:
             self.dropped.update(dropped)
         return dropped
 
-    def _append_to_disk(self, result: FrameResult) -> None:
+    def _append_to_disk(self, result: Spoolable) -> None:
         line = (result.to_json() + "\n").encode("utf-8")
         newest = self._segments[-1] if self._segments else None
         if newest is None or self._writer is None or newest.nbytes + len(line) > self.segment_bytes:
@@ -185,7 +199,7 @@ class Spool:
         return segment.streams
 
     # -- reader side --------------------------------------------------------------------------------------
-    def peek(self, n: int) -> list[FrameResult]:
+    def peek(self, n: int) -> list[Spoolable]:
         """The oldest ``n`` results (fewer when fewer wait), without removing them; until the next ``pop``
         they are not dropped to make room."""
         with self._lock:
@@ -204,7 +218,7 @@ class Spool:
             self._inflight = 0
             self._refill(n)
 
-    def drain(self) -> list[FrameResult]:
+    def drain(self) -> list[Spoolable]:
         """Everything left, oldest first (at close: to count or to write out)."""
         with self._lock:
             self._refill(float("inf"))
@@ -232,7 +246,7 @@ class Spool:
             line = segment.reader.readline()
             if not line.endswith(b"\n"):
                 raise OSError(f"spool segment {segment.path} ends early (line {segment.read + 1} of {segment.count})")
-            result = FrameResult.from_json(line.decode("utf-8"))
+            result = self._decode(line.decode("utf-8"))
             segment.read += 1
             segment.streams[result.stream_id] -= 1
             self._memory.append(result)
