@@ -20,7 +20,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from models.tracking.tracker import StreamTracker, TrackerParams
+from models.tracking.tracker import StreamTracker, TrackerParams, clip_boxes
 from models.tracking.votes import Votes, VoteRule, attempt_weight
 
 THUMBNAIL_PX = 128  # longest side of the crop a track keeps of its best view
@@ -164,9 +164,7 @@ class StreamTracks:
         """Track one frame's boxes and decide what to embed; raises ``TimeWentBack`` (tracks untouched)."""
         ids = self.tracker.update(xyxy, det_scores, timestamp=timestamp, width=width, height=height,
                                   class_ids=class_ids)
-        boxes = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4).copy()
-        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0.0, float(width))
-        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0.0, float(height))
+        boxes, _ = clip_boxes(xyxy, width=width, height=height)  # as the tracker saw them
         embed = np.zeros(len(ids), dtype=bool)
         started: list[TrackChange] = []
         for row, track_id in enumerate(ids.tolist()):
