@@ -200,7 +200,7 @@ def main() -> int:
         crops = [i for i, _ in read_list(report, report.queries_file) + read_list(report, report.unknown_file)]
         cost = timing(recognizers, crops, args.rounds)
     tunes = [f"tune{s}" for s in args.tune_seeds]
-    print(f"| variant | tune r@1 | tune r@5 | tune mAP | report r@1 | report r@5 | report mAP | crops/s | cost vs today |")
+    print("| variant | tune r@1 | tune r@5 | tune mAP | report r@1 | report r@5 | report mAP | crops/s | cost vs today |")
     print("|---|---|---|---|---|---|---|---|---|")
     for v in VARIANTS:
         res = results[v.name]

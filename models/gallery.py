@@ -76,8 +76,14 @@ class GalleryIndex:
         embedding_size: int,
         version: int,
         next_id: int,
+        recognizer: str | None = None,
+        from_paddle: bool = False,
     ) -> None:
         self._index = index
+        # Which recognizer made the embeddings (meta.json "recognizer"; None: a PaddleClas directory, or a
+        # vidrec gallery saved before this was recorded). See ``recognizer_mismatch``.
+        self.recognizer = recognizer
+        self.from_paddle = from_paddle
         self._ids = ids
         self._embeddings = embeddings  # None: read-only (vectors not exactly reconstructable from the index)
         self._documents = documents
@@ -101,8 +107,10 @@ class GalleryIndex:
         index_method: str = "Flat",
         dist_type: str = "IP",
         version: int = 1,
+        recognizer: str | None = None,
     ) -> GalleryIndex:
-        """A new gallery with ids 0..n-1, at ``version`` (1, or the replaced gallery's version + 1)."""
+        """A new gallery with ids 0..n-1, at ``version`` (1, or the replaced gallery's version + 1), made by
+        the recognizer ``recognizer`` (its identity, saved in meta.json)."""
         metric = _metric(dist_type)
         _check_method(index_method)
         x = _as_matrix(embeddings, what="embeddings")
@@ -111,7 +119,7 @@ class GalleryIndex:
         index = _filled(_new_inner(index_method, metric, x.shape[1], len(x)), x, ids)
         return cls(
             index=index, ids=ids, embeddings=x, documents=docs, labels=labs, index_method=index_method,
-            dist_type=dist_type, embedding_size=x.shape[1], version=version, next_id=len(x),
+            dist_type=dist_type, embedding_size=x.shape[1], version=version, next_id=len(x), recognizer=recognizer,
         )
 
     @staticmethod
@@ -272,6 +280,8 @@ class GalleryIndex:
                 "index_method": self._index_method, "dist_type": self._dist_type,
                 "embedding_size": self._d, "count": self.size, "next_id": self._next_id,
             }
+            if self.recognizer is not None:
+                meta["recognizer"] = self.recognizer
             files += [
                 (EMBEDDINGS, lambda f: np.save(f, self._embeddings, allow_pickle=False)),
                 (IDS, lambda f: np.save(f, self._ids, allow_pickle=False)),
@@ -341,6 +351,7 @@ class GalleryIndex:
             index=index, ids=ids, embeddings=embeddings, documents=[id_map[i] for i in ids.tolist()],
             labels=labels, index_method=method, dist_type=dist_type, embedding_size=d,
             version=int(meta["version"]), next_id=int(meta["next_id"]),
+            recognizer=meta["recognizer"] if isinstance(meta.get("recognizer"), str) else None,
         )
 
     @classmethod
@@ -361,7 +372,7 @@ class GalleryIndex:
         return cls(
             index=index, ids=ids, embeddings=embeddings, documents=documents, labels=labels,
             index_method=method or type(inner).__name__, dist_type=dist_type, embedding_size=index.d,
-            version=1, next_id=int(ids.max()) + 1 if len(ids) else 0,
+            version=1, next_id=int(ids.max()) + 1 if len(ids) else 0, from_paddle=True,
         )
 
     def _require_writable(self, action: str) -> None:
@@ -381,6 +392,20 @@ class GalleryIndex:
 # and 29 ms with one. Threads pay only when a batch of queries meets a large gallery (8 against 50,000: 119 ms
 # with 2, 244 ms with one).
 _SMALL_SEARCH = 100_000  # queries × entries under which one thread searches
+
+
+def recognizer_mismatch(gallery: GalleryIndex, identity: str | None, *, where: Path | str) -> str | None:
+    """Why ``gallery`` must not be searched with (or added to by) the recognizer ``identity``, in one line;
+    None when it may. Embeddings of two recognizers are not comparable, and mixing them fails silently (wrong
+    names at plausible scores), so: a vidrec gallery must record the same identity; one that records none was
+    built before vidrec recorded it and is refused too. A PaddleClas directory (no meta.json) records nothing
+    and is taken as it is, as PP-ShiTu takes it. ``identity`` None (a recognizer of unknown make) checks nothing."""
+    if identity is None or gallery.from_paddle or gallery.recognizer == identity:
+        return None
+    made = (f"by the recognizer {gallery.recognizer!r}" if gallery.recognizer is not None
+            else "by an earlier vidrec, which did not record its recognizer")
+    return (f"gallery {where} was built {made}, not by the configured recognizer {identity!r}: its embeddings "
+            f"are not comparable; rebuild it with `vidrec gallery build` (or configure the recognizer it was built with)")
 
 
 def _threads_for(queries: int, entries: int) -> int:

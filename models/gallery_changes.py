@@ -27,8 +27,9 @@ import cv2
 import numpy as np
 
 from models.errors import GalleryError
-from models.gallery import GalleryIndex
+from models.gallery import GalleryIndex, recognizer_mismatch
 from models.gallery_file import GalleryItem, line_key
+from models.gallery_views import GalleryAugment, gallery_views, mean_embedding
 from models.recognizer import Recognizer
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ class GallerySettings:
     batch_size: int = 32  # images per recognizer call, the most decoded images held at once
     # Item paths are read relative to this (an absolute path ignores it) and shown in messages as the item gives them.
     image_root: Path = Path()
+    # Views of each image averaged into its one embedding (models/gallery_views.py); "none": the image alone.
+    augment: GalleryAugment = "none"
 
 
 class GalleryItemError(GalleryError):
@@ -91,6 +94,7 @@ def build_from_items(items: Sequence[GalleryItem], recognizer: Recognizer, setti
         gallery = GalleryIndex.build(
             embeddings, [item.line for item in items], [item.label for item in items],
             index_method=settings.index_method, dist_type=settings.dist_type, version=(previous or 0) + 1,
+            recognizer=getattr(recognizer, "identity", None),
         )
         gallery.save(settings.index_dir)
     return summarise(settings.index_dir, gallery, "new", changed=len(items), embedded=len(items))
@@ -157,7 +161,12 @@ def read_rgb(item: GalleryItem, index: int, image_root: Path = Path()) -> np.nda
 
 
 def embed_items(items: Sequence[GalleryItem], recognizer: Recognizer, settings: GallerySettings) -> np.ndarray:
-    """Embed in batches, holding at most ``settings.batch_size`` decoded images in memory."""
+    """Embed in batches, holding at most ``settings.batch_size`` decoded images in memory; with views
+    (``settings.augment``), each image's embedding is the mean of its views' (one recognizer call per image)."""
+    if settings.augment != "none":
+        rows = [mean_embedding(recognizer.embed(gallery_views(read_rgb(item, n, settings.image_root), settings.augment)))
+                for n, item in enumerate(items)]
+        return np.stack(rows) if rows else np.zeros((0, recognizer.embedding_size), np.float32)
     chunks = []
     for start in range(0, len(items), settings.batch_size):
         chunk = items[start : start + settings.batch_size]
@@ -193,6 +202,10 @@ def load_existing(index_dir: Path, delimiter: str) -> GalleryIndex:
 
 
 def check_embedding_size(gallery: GalleryIndex, recognizer: Recognizer, index_dir: Path) -> None:
+    """The gallery's embeddings are the recognizer's: same size, and the same recognizer where both say."""
+    mismatch = recognizer_mismatch(gallery, getattr(recognizer, "identity", None), where=index_dir)
+    if mismatch is not None:
+        raise GalleryError(mismatch)
     if gallery.embedding_size != recognizer.embedding_size:
         raise GalleryError(
             f"{index_dir}: the gallery holds {gallery.embedding_size}-d embeddings but the recognizer "

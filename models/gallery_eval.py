@@ -20,6 +20,11 @@ Definitions (a query's *relevant* entries are the gallery entries with the query
   all right`` (the share of right answers the threshold lets through; a query whose top-1 is wrong cannot
   be saved by any threshold). ``suggest_score_thres`` picks t on a grid (0.01 by default, as a user would
   type it) maximising F1 = 2PR / (P + R); see its docstring for ties.
+- Acceptance rule (models/shitu.py ``accepted``): with each query's *margin* (top-1 score minus the best
+  score of another label), a label is emitted when score >= ``score_thres`` and margin >= ``margin_thres``.
+  ``suggest_acceptance`` picks both on a grid (0.01) for the highest recall whose precision reaches a floor
+  (0.95 by default), as issue 13 asks: a wrong name costs more than a missing one. Queries of objects the
+  gallery does not hold (``vidrec gallery eval --unknown``) are unanswerable: each top-1 of theirs is wrong.
 """
 from __future__ import annotations
 
@@ -41,6 +46,21 @@ class ThresholdPoint:
 
 
 @dataclass(frozen=True)
+class AcceptPoint:
+    """Precision and recall of emitted labels under the acceptance rule (score AND margin thresholds)."""
+
+    score_thres: float
+    margin_thres: float
+    precision: float  # nan when no label is emitted at all
+    recall: float
+
+    def text(self) -> str:
+        precision = "n/a" if math.isnan(self.precision) else f"{self.precision:.2f}"
+        return (f"score_thres {self.score_thres:.2f}, margin_thres {self.margin_thres:.2f} "
+                f"(precision {precision}, recall {self.recall:.2f})")
+
+
+@dataclass(frozen=True)
 class RetrievalReport:
     queries: int
     answerable: int
@@ -51,6 +71,11 @@ class RetrievalReport:
     wrong_top1: int
     suggestion: ThresholdPoint | None  # None when no query's top-1 was right
     current: ThresholdPoint | None  # at the configured score_thres, when one was given
+    # With margins (evaluate(..., margins=)): the acceptance rule suggested, and at the configured thresholds.
+    acceptance: AcceptPoint | None = None
+    current_acceptance: AcceptPoint | None = None
+    min_precision: float = 0.95
+    margins_known: bool = False
 
     def lines(self) -> list[str]:
         """What ``vidrec gallery eval`` prints, one metric per line."""
@@ -62,6 +87,13 @@ class RetrievalReport:
             out.append(f"suggested score_thres: {_point_text(self.suggestion)}")
         if self.current is not None:
             out.append(f"current score_thres: {_point_text(self.current)}")
+        if self.margins_known:
+            if self.acceptance is None:
+                out.append(f"suggested acceptance: none reaches precision {self.min_precision:.2f}")
+            else:
+                out.append(f"suggested acceptance: {self.acceptance.text()}")
+            if self.current_acceptance is not None:
+                out.append(f"current acceptance: {self.current_acceptance.text()}")
         return out
 
 
@@ -164,6 +196,48 @@ def suggest_score_thres(
     return threshold_point(right, wrong_scores, float(grid[chosen]))
 
 
+def accept_point(right: tuple[Sequence[float], Sequence[float]], wrong: tuple[Sequence[float], Sequence[float]],
+                 score_thres: float, margin_thres: float) -> AcceptPoint:
+    """Precision/recall of the acceptance rule; ``right``/``wrong`` = (top-1 scores, margins) of the queries
+    whose top-1 is right / wrong."""
+    rs, rm = (np.asarray(a, dtype=np.float64) for a in right)
+    ws, wm = (np.asarray(a, dtype=np.float64) for a in wrong)
+    tp = int(((rs >= score_thres) & (rm >= margin_thres)).sum())
+    fp = int(((ws >= score_thres) & (wm >= margin_thres)).sum())
+    precision = tp / (tp + fp) if tp + fp else math.nan
+    recall = tp / len(rs) if len(rs) else math.nan
+    return AcceptPoint(float(score_thres), float(margin_thres), precision, recall)
+
+
+def suggest_acceptance(
+    right: tuple[Sequence[float], Sequence[float]], wrong: tuple[Sequence[float], Sequence[float]], *,
+    min_precision: float = 0.95, step: float = 0.01, max_margin: float = 0.5,
+) -> AcceptPoint | None:
+    """The (score_thres, margin_thres) on a grid of ``step`` with the highest recall among those whose
+    precision reaches ``min_precision``; ties go to the higher score_thres, then the higher margin_thres
+    (the more cautious rule at equal measured precision and recall). None when no point reaches it or no
+    query's top-1 is right."""
+    rs, rm = (np.asarray(a, dtype=np.float64) for a in right)
+    ws, wm = (np.asarray(a, dtype=np.float64) for a in wrong)
+    if not len(rs):
+        return None
+    scores = np.round(-1 + step * np.arange(int(round(2 / step)) + 1), 10)
+    margins = np.round(step * np.arange(int(round(max_margin / step)) + 1), 10)
+    # (S, M) counts of kept right and wrong answers for every grid point at once.
+    tp = ((rs[None, None, :] >= scores[:, None, None]) & (rm[None, None, :] >= margins[None, :, None])).sum(axis=2)
+    fp = ((ws[None, None, :] >= scores[:, None, None]) & (wm[None, None, :] >= margins[None, :, None])).sum(axis=2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), np.nan)
+    ok = np.nan_to_num(precision, nan=0.0) >= min_precision - 1e-12
+    if not ok.any():
+        return None
+    best_tp = tp[ok].max()
+    candidates = np.argwhere(ok & (tp == best_tp))
+    best_precision = max(precision[i, j] for i, j in candidates)
+    i, j = max((int(i), int(j)) for i, j in candidates if precision[i, j] >= best_precision - 1e-12)
+    return accept_point((rs, rm), (ws, wm), float(scores[i]), float(margins[j]))
+
+
 # ---- all together ------------------------------------------------------------------------------------------
 
 
@@ -175,11 +249,16 @@ def evaluate(
     *,
     ks: Sequence[int] = (1, 5),
     score_thres: float | None = None,
+    margins: Sequence[float] | None = None,
+    margin_thres: float | None = None,
+    min_precision: float = 0.95,
 ) -> RetrievalReport:
     """Score each query's ranking (best first; ``None`` where the index returned no entry).
 
     ``n_relevant[i]``: how many gallery entries carry query i's label (R), less any entry the query must not
-    find (its own image enrolled in the gallery); 0 makes the query unanswerable.
+    find (its own image enrolled in the gallery); 0 makes the query unanswerable. ``margins[i]``: query i's
+    top-1 score minus the best score of another label; given, the report also suggests the acceptance rule
+    (``suggest_acceptance``) and scores the configured one (``score_thres`` with ``margin_thres``).
     """
     m = len(query_labels)
     if len(ranked_labels) != m or len(top1_scores) != m or len(n_relevant) != m:
@@ -192,6 +271,16 @@ def evaluate(
     scores = np.asarray(top1_scores, dtype=np.float64)
     correct = scores[right_top1 & has_top1]
     wrong = scores[~right_top1 & has_top1]
+    acceptance = current_acceptance = None
+    if margins is not None:
+        if len(margins) != m:
+            raise ValueError(f"{m} queries but {len(margins)} margins")
+        margin = np.asarray(margins, dtype=np.float64)
+        right_pair = (correct, margin[right_top1 & has_top1])
+        wrong_pair = (wrong, margin[~right_top1 & has_top1])
+        acceptance = suggest_acceptance(right_pair, wrong_pair, min_precision=min_precision)
+        if score_thres is not None:
+            current_acceptance = accept_point(right_pair, wrong_pair, score_thres, margin_thres or 0.0)
     return RetrievalReport(
         queries=m,
         answerable=int(answerable.sum()),
@@ -202,4 +291,8 @@ def evaluate(
         wrong_top1=len(wrong),
         suggestion=suggest_score_thres(correct, wrong),
         current=None if score_thres is None else threshold_point(correct, wrong, score_thres),
+        acceptance=acceptance,
+        current_acceptance=current_acceptance,
+        min_precision=min_precision,
+        margins_known=margins is not None,
     )

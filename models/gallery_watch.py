@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from models.errors import GalleryError
-from models.gallery import ID_MAP, META, VECTOR_INDEX, GalleryIndex
+from models.gallery import ID_MAP, META, VECTOR_INDEX, GalleryIndex, recognizer_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,12 @@ class GalleryWatcher:
         embedding_size: int | None = None,
         interval_s: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
+        recognizer: str | None = None,
     ) -> None:
         self.index_dir = Path(index_dir)
         self.delimiter = delimiter
         self.embedding_size = embedding_size
+        self.recognizer = recognizer  # the running recognizer's identity: a gallery built by another is refused
         self.interval_s = interval_s
         self._clock = clock
         self._last_check: float | None = None
@@ -92,6 +94,9 @@ class GalleryWatcher:
         # numpy: ValueError; a huge file: MemoryError) must not stop a running job.
         try:
             gallery = GalleryIndex.load(self.index_dir, delimiter=self.delimiter)
+            mismatch = recognizer_mismatch(gallery, self.recognizer, where=self.index_dir)
+            if mismatch is not None:
+                raise GalleryError(mismatch)
             if self.embedding_size is not None and gallery.embedding_size != self.embedding_size:
                 raise GalleryError(
                     f"holds {gallery.embedding_size}-d embeddings, the recognizer makes {self.embedding_size}-d ones"

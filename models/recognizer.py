@@ -5,6 +5,7 @@ the converted EfficientNet-Lite0 has a dynamic batch dimension.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,14 @@ class Recognizer:
         *,
         runtime: RuntimeOptions = RuntimeOptions(),
         max_batch: int = 32,
+        identity: str | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.model_path = Path(model_path)
         self.max_batch = max_batch
+        # What made the embeddings, as galleries record it (``recognizer_identity``); None: unknown.
+        self.identity = identity
         self._pipeline = build_rec_preprocess(list(transform_ops))
         self._model = open_model(self.model_path, runtime)
         inputs = self._model.inputs
@@ -70,3 +74,23 @@ class Recognizer:
         norms = np.linalg.norm(features, axis=1, keepdims=True)
         # An all-zero feature (e.g. a blank crop through ReLU) stays zero rather than becoming NaN.
         return (features / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+
+
+def recognizer_identity(model_dir: Path) -> str:
+    """A recognizer's identity for galleries: the model folder's name, plus the embedding its source.json
+    records (models/export/efficientnet_lite.py writes one; a Lite0 folder converted before it did is the
+    ``avg`` embedding). It names the model, not a file: the fp32 and int8 files of one folder make
+    comparable embeddings and share it."""
+    model_dir = Path(model_dir)
+    try:
+        source = json.loads((model_dir / "source.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        source = None
+    if not isinstance(source, dict):
+        return model_dir.name
+    embedding = source.get("embedding")
+    if embedding is None and source.get("converter") == "models.export.efficientnet_lite":
+        from models.export.efficientnet_lite import embedding_id
+
+        embedding = embedding_id("avg")
+    return f"{model_dir.name}: {embedding}" if isinstance(embedding, str) else model_dir.name

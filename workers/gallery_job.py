@@ -34,6 +34,7 @@ from models.gallery_changes import (
 from models.gallery_eval import RetrievalReport, evaluate
 from models.gallery_file import GalleryEntry, line_key, read_data_file
 from models.recognizer import Recognizer
+from models.shitu import label_margin
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,8 @@ def list_gallery(cfg: VidrecConfig) -> GalleryListing:
 
 
 def eval_gallery(
-    cfg: VidrecConfig, recognizer: Recognizer, query_file: Path, *, query_root: Path | None = None
+    cfg: VidrecConfig, recognizer: Recognizer, query_file: Path, *, query_root: Path | None = None,
+    unknown_file: Path | None = None,
 ) -> EvalReport:
     """Recall@1/5, mAP and a suggested ``score_thres`` of a query data_file against ``IndexProcess.index_dir``.
 
@@ -161,8 +163,15 @@ def eval_gallery(
     check_embedding_size(gallery, recognizer, index_dir)
     if gallery.size == 0:
         raise GalleryError(f"{index_dir}: the gallery is empty; nothing to evaluate against")
-    queries = read_data_file(query_file, Path(query_root) if query_root is not None else Path(ip.image_root), ip.delimiter)
-
+    root = Path(query_root) if query_root is not None else Path(ip.image_root)
+    queries = read_data_file(query_file, root, ip.delimiter)
+    if unknown_file is not None:
+        unknown = read_data_file(Path(unknown_file), root, ip.delimiter)
+        held = [q for q in unknown if q.label in gallery.labels]
+        if held:
+            raise GalleryError(f"{unknown_file}:{held[0].line_number}: label {held[0].label!r} is in the gallery; "
+                               f"--unknown lists objects the gallery does not hold")
+        queries = list(queries) + list(unknown)
     entries = gallery.entries()
     label_of = {i: label for i, label, _ in entries}
     label_counts = Counter(label for _, label, _ in entries)
@@ -176,6 +185,7 @@ def eval_gallery(
     extra = max((len(ids) for ids in own), default=0)
     ranked_labels: list[list[str | None]] = []
     top1: list[float] = []
+    margins: list[float] = []
     for start in range(0, len(queries), ip.batch_size):
         chunk = queries[start : start + ip.batch_size]
         with _by_line(query_file, queries):
@@ -185,11 +195,13 @@ def eval_gallery(
             kept = [(i, s) for i, s in zip(row_ids, row_scores) if i not in skip][:k]
             ranked_labels.append([label_of[i] if i >= 0 else None for i, _ in kept])
             top1.append(kept[0][1] if kept and kept[0][0] >= 0 else float("-inf"))
+            margins.append(label_margin(ranked_labels[-1], [s for _, s in kept]))
     n_relevant = [
         label_counts[q.label] - sum(label_of[i] == q.label for i in skip) for q, skip in zip(queries, own)
     ]
     report = evaluate(
-        [q.label for q in queries], ranked_labels, top1, n_relevant, ks=(1, 5), score_thres=ip.score_thres
+        [q.label for q in queries], ranked_labels, top1, n_relevant, ks=(1, 5), score_thres=ip.score_thres,
+        margins=margins, margin_thres=ip.margin_thres,
     )
     if report.answerable == 0:
         raise GalleryError(f"{query_file}: none of its {len(queries)} labels is in the gallery {index_dir}; nothing to evaluate")
@@ -217,7 +229,7 @@ def gallery_settings(cfg: VidrecConfig, index_dir: Path) -> GallerySettings:
     ip = cfg.IndexProcess
     return GallerySettings(
         index_dir=Path(index_dir), delimiter=ip.delimiter, index_method=ip.index_method, dist_type=ip.dist_type,
-        batch_size=ip.batch_size,
+        batch_size=ip.batch_size, augment=ip.gallery_augment,
     )
 
 
@@ -252,7 +264,8 @@ GALLERY_COMMANDS = ("build", "append", "remove", "list", "eval")
 
 
 def run_gallery_command(
-    cfg: VidrecConfig, command: str, *, query: Path | None = None, query_root: Path | None = None
+    cfg: VidrecConfig, command: str, *, query: Path | None = None, query_root: Path | None = None,
+    unknown: Path | None = None,
 ) -> int:
     """``vidrec gallery COMMAND``: results on stdout (list: TSV rows; eval: metric lines), summaries logged."""
     from workers.system import build_recognizer
@@ -270,7 +283,7 @@ def run_gallery_command(
     if command == "eval":
         if query is None:
             raise ConfigError("`vidrec gallery eval` needs --query FILE (a data_file of query images)")
-        report = eval_gallery(cfg, build_recognizer(cfg), Path(query), query_root=query_root)
+        report = eval_gallery(cfg, build_recognizer(cfg), Path(query), query_root=query_root, unknown_file=unknown)
         log.info(
             "%d queries (%d with a label in the gallery), ranked over the top %d; top-1 right %d, wrong %d",
             report.queries, report.answerable, report.ranked, report.right_top1, report.wrong_top1,

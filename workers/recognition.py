@@ -88,6 +88,7 @@ def gallery_watcher(cfg: VidrecConfig, system: ShituSystem, *, interval_s: float
         delimiter=cfg.IndexProcess.delimiter,
         embedding_size=getattr(system.recognizer, "embedding_size", None),
         interval_s=interval_s,
+        recognizer=getattr(system.recognizer, "identity", None),
     )
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from config import VidrecConfig
 from models.errors import GalleryError, ModelError, ModelNotFoundError
 from models.detector import PicoDetDetector
-from models.gallery import GalleryIndex
-from models.recognizer import Recognizer
+from models.gallery import GalleryIndex, recognizer_mismatch
+from models.recognizer import Recognizer, recognizer_identity
 from models.resolve import REGISTRY, resolve_model_dir
 from models.runtime import RuntimeOptions
 from models.shitu import ShituParams, ShituSystem
@@ -48,7 +48,14 @@ _REC_FILES = {
 def model_ref(ref: str, backend: str) -> str:
     """The default model names have a Paddle twin built from the same weights; pick it for that backend."""
     twin = f"{ref}_paddle"
+    if backend == "paddle" and ref in _NO_PADDLE_TWIN:
+        raise ModelError(f"{ref} has no Paddle build yet; with Global.backend=paddle use "
+                         f"-o Global.rec_inference_model_dir={_NO_PADDLE_TWIN[ref]} -o IndexProcess.embedding_size=1280")
     return twin if backend == "paddle" and ref in REGISTRY and twin in REGISTRY else ref
+
+
+# Registered ONNX models whose Paddle twin is not built (yet), and the nearest one that is.
+_NO_PADDLE_TWIN = {"efficientnet_lite0_ml": "efficientnet_lite0"}
 
 
 def locate(ref: str, configured: str | None, candidates: tuple[str, ...]) -> tuple[Path, str]:
@@ -91,6 +98,7 @@ def build_recognizer(cfg: VidrecConfig) -> Recognizer:
         cfg.RecPreProcess.transform_ops,
         runtime=runtime_options(cfg),
         max_batch=cfg.IndexProcess.batch_size,
+        identity=recognizer_identity(folder),
     )
 
 
@@ -110,13 +118,18 @@ def build_system(cfg: VidrecConfig) -> ShituSystem:
     recognizer = None
     if gallery is not None:
         recognizer = build_recognizer(cfg)
+        mismatch = recognizer_mismatch(gallery, recognizer.identity, where=cfg.IndexProcess.index_dir)
+        if mismatch is not None:
+            raise GalleryError(mismatch)
         if gallery.embedding_size != recognizer.embedding_size:
             raise GalleryError(
                 f"gallery {cfg.IndexProcess.index_dir} holds {gallery.embedding_size}-d embeddings but the recognizer "
                 f"{cfg.Global.rec_inference_model_dir} makes {recognizer.embedding_size}-d ones: rebuild the gallery"
             )
         log.info("gallery %s: %d entries, version %d", cfg.IndexProcess.index_dir, gallery.size, gallery.version)
-    params = ShituParams(rec_nms_thresold=cfg.Global.rec_nms_thresold, score_thres=cfg.IndexProcess.score_thres)
+    ip = cfg.IndexProcess
+    params = ShituParams(rec_nms_thresold=cfg.Global.rec_nms_thresold, score_thres=ip.score_thres,
+                         margin_thres=ip.margin_thres, return_k=ip.return_k)
     return ShituSystem(detector=detector, recognizer=recognizer, gallery=gallery, params=params)
 
 
