@@ -126,3 +126,60 @@ def test_checksum_mismatch_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=r"tampered\.pth: sha256"):
         convert_efficientnet_lite0(copy, tmp_path / "out")
     assert not (tmp_path / "out" / "inference.onnx").exists()
+
+
+# ---- the multilayer embedding (issue 13) -------------------------------------------------------------------
+
+
+def test_multilayer_embedding_is_the_centred_normalised_parts(tmp_path: Path, photos) -> None:
+    """The graph's embedding equals, in numpy, each raw pooled part minus its shipped mean, L2-normalised,
+    concatenated; the head conv, classifier and block 15's projection are not in the graph."""
+    from models.export.efficientnet_lite import (
+        MULTILAYER_PARTS, MULTILAYER_SIZE, load_multilayer_centre, split_parts,
+    )
+
+    state = load_state_dict(default_weights_path())
+    raw_model = state_dict_to_onnx(state, source="lite0", embedding="multilayer", centre=None)
+    centre = load_multilayer_centre()
+    model = state_dict_to_onnx(load_state_dict(default_weights_path()), source="lite0", embedding="multilayer",
+                               centre=centre)
+    ops = {n.name for n in model.graph.node}
+    assert "_conv_head" not in ops and "fc" not in ops and "_blocks.15._project_conv" not in ops
+    assert [o.name for o in model.graph.output] == ["embedding"]
+    images = [np.ascontiguousarray(photos[name][:300, :300]) for name in ("dog", "bus", "zidane")]
+    batch = preprocess_batch(images, build_rec_preprocess(LITE0_OPS))
+    raw_path, path = tmp_path / "raw.onnx", tmp_path / "ml.onnx"
+    onnx.save(raw_model, str(raw_path))
+    onnx.save(model, str(path))
+    (raw,) = ort.InferenceSession(str(raw_path), providers=["CPUExecutionProvider"]).run(["raw_parts"], {"x": batch})
+    (embedding,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["embedding"], {"x": batch})
+    assert embedding.shape == (3, MULTILAYER_SIZE)
+    parts = split_parts(raw)
+    expected = np.concatenate([
+        (parts[n] - centre[n]) / np.linalg.norm(parts[n] - centre[n], axis=1, keepdims=True) for n in MULTILAYER_PARTS
+    ], axis=1)
+    np.testing.assert_allclose(embedding, expected, atol=1e-5)
+    # three unit parts: the whole has norm sqrt(3)
+    np.testing.assert_allclose(np.linalg.norm(embedding, axis=1), np.sqrt(3), rtol=1e-5)
+
+
+def test_multilayer_converted_folder_records_its_embedding(tmp_path: Path) -> None:
+    from models.export.efficientnet_lite import embedding_id
+    from models.recognizer import recognizer_identity
+
+    path = convert_efficientnet_lite0(default_weights_path(), tmp_path / "efficientnet_lite0_ml", embedding="multilayer")
+    source = json.loads((path.parent / "source.json").read_text())
+    assert source["embedding"] == embedding_id("multilayer") and source["outputs"] == {"embedding": 1456}
+    assert recognizer_identity(path.parent) == f"efficientnet_lite0_ml: {embedding_id('multilayer')}"
+    with pytest.raises(ValueError, match="embedding must be"):
+        state_dict_to_onnx(load_state_dict(default_weights_path()), source="x", embedding="max")  # type: ignore[arg-type]
+
+
+def test_a_missing_or_wrong_centre_is_an_error(tmp_path: Path) -> None:
+    from models.export.efficientnet_lite import load_multilayer_centre
+
+    with pytest.raises(ModelError, match="multilayer centre not found"):
+        load_multilayer_centre(tmp_path / "none.npz")
+    np.savez(tmp_path / "short.npz", **{"_blocks.10.add": np.zeros(5, np.float32)})
+    with pytest.raises(ModelError, match=r"_blocks.10.add must have shape \(112,\), got \(5,\)"):
+        load_multilayer_centre(tmp_path / "short.npz")

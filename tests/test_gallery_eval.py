@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 
 from models.gallery_eval import (
+    AcceptPoint,
     RetrievalReport,
+    accept_point,
+    suggest_acceptance,
     ThresholdPoint,
     average_precision,
     evaluate,
@@ -161,6 +164,9 @@ def test_cli_gallery_eval_prints_the_metric_lines(tmp_path: Path, repo_dir: Path
     query_lines.append("box.png\tcookie box")
     (tmp_path / "gallery.txt").write_text("\n".join(gallery_lines) + "\n")
     (tmp_path / "query.txt").write_text("\n".join(query_lines) + "\n")
+    # --unknown: one more object the gallery does not hold, listed as such (issue 13's acceptance rule)
+    cv2.imwrite(str(root / "graffiti.png"), cv2.imread(str(_media(repo_dir, "graf1.png"))))
+    (tmp_path / "unknown.txt").write_text("graffiti.png\tgraffiti\n")
     config = [
         "-o", f"IndexProcess.data_file={tmp_path / 'gallery.txt'}",
         "-o", f"IndexProcess.image_root={root}",
@@ -169,7 +175,7 @@ def test_cli_gallery_eval_prints_the_metric_lines(tmp_path: Path, repo_dir: Path
     build = run_vidrec("gallery", "build", *config)
     assert build.returncode == 0, build.stderr
 
-    proc = run_vidrec("gallery", "eval", "--query", tmp_path / "query.txt", *config)
+    proc = run_vidrec("gallery", "eval", "--query", tmp_path / "query.txt", "--unknown", tmp_path / "unknown.txt", *config)
     assert proc.returncode == 0, proc.stderr
     print(proc.stdout)
     lines = proc.stdout.splitlines()
@@ -177,8 +183,13 @@ def test_cli_gallery_eval_prints_the_metric_lines(tmp_path: Path, repo_dir: Path
     assert lines[:3] == ["recall@1: 1.000", "recall@5: 1.000", "mAP: 1.000"]
     suggestion = re.fullmatch(r"suggested score_thres: (-?\d\.\d\d) \(precision 1\.00, recall 1\.00\)", lines[3])
     assert suggestion, lines[3]
-    assert re.fullmatch(r"current score_thres: 0\.70 \(precision \S+, recall \S+\)", lines[4]), lines[4]
-    assert "6 queries (5 with a label in the gallery)" in proc.stderr
+    assert re.fullmatch(r"current score_thres: 0\.45 \(precision \S+, recall \S+\)", lines[4]), lines[4]
+    # every right answer kept with no wrong one: the suggested rule keeps all five, the defaults at least 4
+    assert re.fullmatch(r"suggested acceptance: score_thres -?\d\.\d\d, margin_thres \d\.\d\d "
+                        r"\(precision 1\.00, recall 1\.00\)", lines[5]), lines[5]
+    current = re.fullmatch(r"current acceptance: score_thres 0\.45, margin_thres 0\.08 \(precision (\S+), recall (\S+)\)", lines[6])
+    assert current and current[1] == "1.00" and float(current[2]) >= 0.8, lines[6]
+    assert "7 queries (5 with a label in the gallery)" in proc.stderr
 
 
 def test_cli_gallery_eval_leaves_a_query_out_of_its_own_ranking(tmp_path: Path, repo_dir: Path, model_dir: Path) -> None:
@@ -205,3 +216,41 @@ def test_cli_gallery_eval_leaves_a_query_out_of_its_own_ranking(tmp_path: Path, 
     # one relevant entry is the other frame's crop, and it still comes first
     assert proc.stdout.splitlines()[:3] == ["recall@1: 1.000", "recall@5: 1.000", "mAP: 1.000"]
     assert "ranked over the top 9" in proc.stderr
+
+
+# (scores, margins) of right and wrong top-1 answers, for the acceptance rule.
+@pytest.mark.parametrize(("right", "wrong", "floor", "expected"), [
+    # a wrong answer scores high but sits between two labels: only the margin separates it, and both
+    # right answers stay (the score threshold would have to drop one of them)
+    (([0.9, 0.6], [0.3, 0.2]), ([0.8], [0.02]), 0.95, (0.6, 0.2, 1.0, 1.0)),
+    # the wrong answer has a clear margin but a low score: the score separates it
+    (([0.9, 0.6], [0.3, 0.2]), ([0.5], [0.4]), 0.95, (0.6, 0.2, 1.0, 1.0)),
+    # a wrong answer no rule can tell from the right ones: precision 2/3 at most, under the floor
+    (([0.9, 0.6], [0.3, 0.2]), ([0.95], [0.5]), 0.95, None),
+    # ... but a floor of 0.6 takes it, keeping every right answer
+    (([0.9, 0.6], [0.3, 0.2]), ([0.95], [0.5]), 0.6, (0.6, 0.2, 2 / 3, 1.0)),
+    # no right answer at all: nothing to suggest
+    (([], []), ([0.5], [0.1]), 0.95, None),
+])
+def test_suggest_acceptance(right, wrong, floor, expected) -> None:
+    point = suggest_acceptance(right, wrong, min_precision=floor)
+    if expected is None:
+        assert point is None
+    else:
+        # highest recall first; among ties the highest score_thres, then the highest margin_thres
+        assert (point.score_thres, point.margin_thres, point.precision, point.recall) == pytest.approx(expected)
+
+
+def test_accept_point_counts_both_thresholds() -> None:
+    point = accept_point(([0.9, 0.6, 0.5], [0.3, 0.05, 0.2]), ([0.7, 0.4], [0.1, 0.3]), 0.45, 0.08)
+    # right kept: 0.9 and 0.5 (0.6 fails the margin); wrong kept: 0.7 (0.4 fails the score)
+    assert point == AcceptPoint(0.45, 0.08, 2 / 3, 2 / 3)
+
+
+def test_evaluate_with_margins_reports_the_acceptance_lines() -> None:
+    report = evaluate(QUERY_LABELS, RANKED, TOP1, N_RELEVANT, score_thres=0.5, margins=[0.2, 0.01, 0.3],
+                      margin_thres=0.1)
+    lines = report.lines()
+    # query a is right (0.9, margin 0.2); b's top-1 is wrong (0.6, margin 0.01); c is unknown (0.55, margin 0.3)
+    assert lines[-2] == "suggested acceptance: score_thres 0.90, margin_thres 0.20 (precision 1.00, recall 1.00)"
+    assert lines[-1] == "current acceptance: score_thres 0.50, margin_thres 0.10 (precision 0.50, recall 1.00)"

@@ -1,10 +1,13 @@
-"""PP-ShiTu's per-frame semantics, with numbers: whole-frame box, score_thres, NMS over recognised boxes."""
+"""PP-ShiTu's per-frame semantics, with numbers: whole-frame box, the acceptance rule (score_thres and
+vidrec's margin_thres), NMS over recognised boxes."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
 
-from models.shitu import ShituParams, assemble_frame, crop_boxes, with_whole_frame
+from models.shitu import ShituParams, accepted, assemble_frame, crop_boxes, label_margin, with_whole_frame
 from models.types import Detections
 
 
@@ -73,3 +76,49 @@ def test_crop_boxes_clip_and_never_empty() -> None:
     np.testing.assert_array_equal(crops[0], image[3:8, 2:8])
     assert crops[1].shape == (10, 20, 3)
     assert crops[2].shape == (1, 1, 3)
+
+
+INF = math.inf
+
+
+@pytest.mark.parametrize(("labels", "scores", "margin"), [
+    # the best other label is second: the gap to it
+    (["cup", "dog", "cup"], [0.8, 0.5, 0.4], 0.3),
+    # the top label holds the next entries too: the gap to the first entry of another label
+    (["cup", "cup", "dog"], [0.8, 0.75, 0.6], 0.2),
+    # every returned hit is the top label: the last score bounds the others (a lower bound)
+    (["cup", "cup", "cup"], [0.8, 0.7, 0.65], 0.15),
+    # the gallery ran out before another label came: no other label exists
+    (["cup", "cup", None], [0.8, 0.7, -INF], INF),
+    # a gallery of one entry, searched for one hit: nothing to confuse it with
+    (["cup"], [0.8], INF),
+    # no hit at all (empty gallery)
+    ([None], [-INF], -INF),
+])
+def test_label_margin(labels, scores, margin) -> None:
+    assert label_margin(labels, scores) == pytest.approx(margin)
+
+
+@pytest.mark.parametrize(("score", "margin", "score_thres", "margin_thres", "expected"), [
+    (0.60, 0.20, 0.45, 0.08, True),    # both clear: named
+    (0.44, 0.30, 0.45, 0.08, False),   # too far from every gallery entry: unknown
+    (0.90, 0.05, 0.45, 0.08, False),   # close to two labels at once: unknown (the case a score cannot reject)
+    (0.45, 0.08, 0.45, 0.08, True),    # on both thresholds: named (>=, as PP-ShiTu's score_thres)
+    (0.90, 0.00, 0.45, 0.00, True),    # margin_thres 0: PP-ShiTu's score-only rule
+    (0.50, INF, 0.45, 0.08, True),     # no other label exists: the margin cannot reject
+])
+def test_accepted(score, margin, score_thres, margin_thres, expected) -> None:
+    assert accepted(score, margin, score_thres=score_thres, margin_thres=margin_thres) is expected
+
+
+def test_assemble_frame_drops_a_label_under_the_margin() -> None:
+    xyxy, det_scores, classes = with_whole_frame(
+        _dets([[0, 0, 100, 100], [200, 0, 300, 100]], [0.8, 0.6], [41, 16]), width=400, height=200
+    )
+    boxes = assemble_frame(
+        xyxy=xyxy, det_scores=det_scores, class_ids=classes, labels=["cup", "dog", None],
+        scores=np.array([0.7, 0.9, 0.0]), margins=np.array([0.2, 0.03, -INF]),
+        params=ShituParams(rec_nms_thresold=0.05, score_thres=0.5, margin_thres=0.08),
+    )
+    # the dog's answer beats the next label by 0.03 only: its box stays, unnamed
+    assert [(b.label, b.det_class_id) for b in boxes] == [("cup", 41), (None, 16)]
