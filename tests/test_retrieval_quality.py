@@ -1,7 +1,8 @@
 """How well the real recognizer + gallery name real objects: photo pairs, and pedestrians in real footage.
 
 The recognizer is EfficientNet-Lite0 trained on ImageNet classification, never on retrieval or person
-re-identification; these floors record what it does, so that a change to preprocessing, cropping or the
+re-identification, as the default ``efficientnet_lite0_ml`` embeds with it (pooled maps of blocks 10, 14 and
+15, issue 13); these floors record what it does, so that a change to preprocessing, cropping or the
 gallery that makes it worse fails here.
 """
 from __future__ import annotations
@@ -75,8 +76,9 @@ def test_photo_pairs_recall_and_map(tmp_path: Path, photos_dir: Path, model_dir:
     print("\n".join(report.lines()))
 
     assert report.answerable == len(PAIRS) >= 8
-    # Measured: all 14 pairs right at rank 1 (recall@1 1.000, mAP 1.000); the closest call is the cookie
-    # box (0.655 to its own crop vs 0.385 to the next object) and the electronics book (0.763 vs 0.571).
+    # Measured: all 14 pairs right at rank 1 (recall@1 1.000, mAP 1.000), as with efficientnet_lite0 before
+    # (whose closest calls were the cookie box, 0.655 to its own crop vs 0.385 to the next object, and the
+    # electronics book, 0.763 vs 0.571).
     # The floor allows one of the 14 to slip to rank 2, no more: one pair can hinge on a crop's pixel
     # rounding, two would be a real loss.
     assert report.recall[1] >= 13 / 14
@@ -144,7 +146,9 @@ def test_pedestrians_enrolled_from_one_frame_are_named_in_nearby_frames(tmp_path
         f"IndexProcess.index_dir={tmp_path / 'index'}",
         # more, weaker boxes so that the tracks are not lost in groups
         "Global.threshold=0.3", "Global.max_det_results=10",
-        "IndexProcess.score_thres=0.75",
+        # People look alike to an ImageNet feature: a stricter score than the default's for objects, with the
+        # default margin_thres (0.08)
+        "IndexProcess.score_thres=0.8",
     ])
     new_gallery(cfg, build_recognizer(cfg))
     system = build_system(cfg)
@@ -170,9 +174,10 @@ def test_pedestrians_enrolled_from_one_frame_are_named_in_nearby_frames(tmp_path
         print(f"{label}: {len(track) - 1} frames, named {hits}, missed {misses}, on someone else {wrong}")
         tp, fp, fn = tp + hits, fp + wrong, fn + misses
     precision, recall = tp / (tp + fp), tp / (tp + fn)
-    print(f"pedestrians: precision {precision:.3f}, recall {recall:.3f} at score_thres 0.75")
-    # Measured 0.723 / 0.506 (at 0.70: 0.58 / 0.70; at 0.80: 0.93 / 0.32): an ImageNet feature tells
-    # dark-coated walkers apart only so far, and "B jeans" matches other men in dark jackets. The floors
-    # sit about 0.1 under the measurement, to catch a real loss rather than a box moving by a pixel.
+    print(f"pedestrians: precision {precision:.3f}, recall {recall:.3f} at score_thres 0.8, margin_thres 0.08")
+    # Measured 0.71 / 0.68 (score 0.85: 0.91 / 0.51; score 0.8 without the margin: 0.70 / 0.89). Today's
+    # efficientnet_lite0 measured 0.72 / 0.51 at its 0.75: an ImageNet feature tells dark-coated walkers apart
+    # only so far, and "B jeans" matches other men in dark jackets. The floors sit about 0.1 under the
+    # measurement, to catch a real loss rather than a box moving by a pixel.
     assert precision >= 0.6
-    assert recall >= 0.4
+    assert recall >= 0.55
