@@ -88,6 +88,9 @@ def _write(path: Path, lines: Sequence[str]) -> Path:
 
 
 def _cfg(data_file: Path, image_root: Path, index_dir: Path, **index_process: object) -> VidrecConfig:
+    # One recognizer crop per gallery image, so that counts are of images; the grid views of the default
+    # (gallery_augment: grid9) are counted in test_grid_views_embed_each_large_image_ten_times.
+    index_process.setdefault("gallery_augment", "none")
     overrides = [
         f"IndexProcess.data_file={data_file}",
         f"IndexProcess.image_root={image_root}",
@@ -101,6 +104,19 @@ def _label_of_image(index_dir: Path, recognizer: CountingRecognizer, image: Path
     rgb = cv2.cvtColor(cv2.imread(str(image)), cv2.COLOR_BGR2RGB)
     found = gallery.search(recognizer.inner.embed([rgb]), 1)
     return found.labels[0][0], float(found.scores[0, 0])
+
+
+def test_grid_views_embed_each_large_image_ten_times(tmp_path: Path, image_root: Path,
+                                                     recognizer: CountingRecognizer) -> None:
+    from models.gallery_views import GRID_MIN_SIDE
+
+    sides = [min(cv2.imread(str(image_root / line.split("\t")[0])).shape[:2]) for line in FIRST]
+    built = new_gallery(_cfg(_write(tmp_path / "first.txt", FIRST), image_root, tmp_path / "index",
+                             gallery_augment="grid9"), recognizer)
+    # one entry per image whatever its views; an image under GRID_MIN_SIDE is embedded alone
+    assert built.entries == 4
+    assert recognizer.crops == sum(10 if side >= GRID_MIN_SIDE else 1 for side in sides)
+    assert any(side >= GRID_MIN_SIDE for side in sides)
 
 
 def test_append_embeds_only_the_new_lines(tmp_path: Path, image_root: Path, recognizer: CountingRecognizer) -> None:
@@ -217,7 +233,7 @@ def test_embedding_size_differing_from_the_index_names_both(tmp_path: Path, imag
     with pytest.raises(GalleryError) as err:
         append_gallery(_cfg(_write(tmp_path / "more.txt", MORE), image_root, index_dir), recognizer)
     message = str(err.value)
-    assert str(index_dir) in message and "16-d" in message and "1280-d" in message
+    assert str(index_dir) in message and "16-d" in message and "1456-d" in message
     assert recognizer.crops == 0
 
 
@@ -272,4 +288,4 @@ def test_cli_append_remove_list(tmp_path: Path, image_root: Path, model_dir: Pat
         "4\tgabled house\thouse.png",
         "5\taloe pot\tpot.png",
     ]
-    assert "version 3, 5 entries, 5 labels, Flat, IP, 1280-d" in proc.stderr
+    assert "version 3, 5 entries, 5 labels, Flat, IP, 1456-d" in proc.stderr
