@@ -26,6 +26,7 @@ import pytest
 
 from config import VidrecConfig, load_config
 from models.gallery import GalleryIndex
+from models.gallery_views import gallery_views, mean_embedding
 from models.recognizer import Recognizer
 from workers.gallery_api import GalleryService
 from workers.gallery_job import list_gallery, new_gallery
@@ -151,10 +152,12 @@ def test_add_embeds_in_a_child_and_saves_a_new_version(
     assert listing.version == 2
     assert listing.lines()[2:] == ["2\tparked bicycle\tuploads/parked.jpg", "3\tbike\tuploads/parked.jpg"]
     assert service.info()["labels"] == {"bike": 1, "cyclist": 1, "parked bicycle": 1, "taxi": 1}
-    # the stored embeddings are the recognizer's: the photo finds its own entries at cosine 1
+    # the stored embeddings are the recognizer's: the mean of the photo's gallery views (the default
+    # gallery_augment, grid9) finds its own entries at cosine 1
     gallery = GalleryIndex.load(index_dir)
     rgb = cv2.cvtColor(cv2.imread(str(layout["uploads"] / "parked.jpg")), cv2.COLOR_BGR2RGB)
-    found = gallery.search(recognizer.embed([rgb]), 2)
+    views = gallery_views(rgb, cfg.IndexProcess.gallery_augment)
+    found = gallery.search(mean_embedding(recognizer.embed(views))[None, :], 2)
     assert sorted(found.ids[0].tolist()) == [2, 3]
     assert found.scores[0].tolist() == pytest.approx([1.0, 1.0], abs=1e-4)
 
