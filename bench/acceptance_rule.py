@@ -1,12 +1,13 @@
 """The acceptance rule for unknown objects (issue 13 part 2), chosen on the hard set's tune split.
 
-    .venv/bin/python -m bench.acceptance_rule [--tune-seeds 0 1 2] [--tune-precision 0.98]
+    .venv/bin/python -m bench.acceptance_rule [--tune-seeds 0 1 2] [--tune-precision 0.97]
 
 For today's recognizer and the default one, each rule family (score alone, margin alone, both) is fitted on
 the tune split's known + unknown queries (all ``--tune-seeds`` pooled: the same photos, other hard views):
 the thresholds on a 0.01 grid with the highest recall whose tune precision reaches ``--tune-precision``
 (models/gallery_eval.py ``suggest_acceptance``). The tune floor sits above the 0.95 the defaults must keep
-because the tune split is small (20 objects): a floor met exactly there is missed on other photos. The
+because the tune split is small (20 objects): re-embedding one distractor of it (the 112 px rule of
+models/gallery_views.py) moved its precision at score 0.45 / margin 0.08 from 0.985 to 0.931. The
 fitted thresholds are then applied, unchanged, to the report split (other photos, other objects).
 Precision counts every emitted label that is wrong (a known object misnamed, or an unknown one named);
 recall is the share of right top-1 answers that get through.
@@ -50,7 +51,7 @@ def fit(family: str, right, wrong, precision: float):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tune-seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--tune-precision", type=float, default=0.98)
+    parser.add_argument("--tune-precision", type=float, default=0.97)
     args = parser.parse_args()
     variants: list[Variant] = [v for v in VARIANTS if v.name in CHOSEN]
     with tempfile.TemporaryDirectory(prefix="vidrec-accept-") as tmp:

@@ -75,6 +75,7 @@ def test_report_split_reaches_its_floor_with_the_default_recognizer(splits, mode
     assert report.recall[1] >= 53 / 60
     assert report.recall[5] >= 0.95
     assert report.mean_ap >= 0.9
-    # Measured at the defaults (score_thres 0.45, margin_thres 0.08): precision 0.97, recall 0.57.
+    # Measured at the defaults (score_thres 0.46, margin_thres 0.17): precision 1.00, recall 0.50 (27 of the
+    # 54 right answers named, no wrong one).
     current = report.current_acceptance
-    assert current is not None and current.precision >= 0.95 and current.recall >= 0.5
+    assert current is not None and current.precision >= 0.95 and current.recall >= 0.45

@@ -146,9 +146,9 @@ def test_pedestrians_enrolled_from_one_frame_are_named_in_nearby_frames(tmp_path
         f"IndexProcess.index_dir={tmp_path / 'index'}",
         # more, weaker boxes so that the tracks are not lost in groups
         "Global.threshold=0.3", "Global.max_det_results=10",
-        # People look alike to an ImageNet feature: a stricter score than the default's for objects, with the
-        # default margin_thres (0.08)
-        "IndexProcess.score_thres=0.8",
+        # People look alike to an ImageNet feature: a stricter score than the default's for objects, and a
+        # smaller margin (four enrolled people, all alike: the default 0.17 would leave most unnamed)
+        "IndexProcess.score_thres=0.8", "IndexProcess.margin_thres=0.08",
     ])
     new_gallery(cfg, build_recognizer(cfg))
     system = build_system(cfg)
