@@ -288,7 +288,7 @@ def quantize_recognizer(
     result = quantize_model(fp32_path, out, feeds, RECOGNIZER_OPTIONS)
     try:
         chosen_set = recall_set(work_dir / "recall_set")
-    except (ModelError, OSError, AssertionError, ImportError) as exc:
+    except (ModelError, OSError, ValueError, ImportError) as exc:  # the photos are missing (no scripts/fetch-media)
         checks = [GuardCheck(name="recall@1 minus fp32's", value=float("-inf"), limit=-RECALL_DROP, passed=False,
                              detail=f"no hard set to measure recall on: {exc}")]
     else:
