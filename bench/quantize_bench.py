@@ -76,6 +76,13 @@ def model_rows(rounds: int) -> list[str]:
     return rows + [""] + guards
 
 
+def _choice_words(line: str) -> str:
+    """'vidrec: recognizer: int8, /x/inference.int8.onnx (why)' -> 'recognizer int8 (inference.int8.onnx)'."""
+    role, rest = line.removeprefix("vidrec: ").split(": ", 1)
+    precision, _, path = rest.split(" (")[0].partition(", ")
+    return f"{role} {precision} ({Path(path).name})"
+
+
 FPS = re.compile(r"(\d+) frames in ([\d.]+) s \(([\d.]+) fps\)")
 
 
@@ -100,7 +107,7 @@ def video_rows(rounds: int, clip: Path) -> list[str]:
                 if done.returncode != 0 or not match:
                     sys.exit(f"vidrec video failed ({setting}): {done.stderr[-2000:]}")
                 fps[setting].append(float(match.group(3)))
-                chosen[setting] = "; ".join(line.split(": ", 1)[1].split(" (")[0] for line in done.stderr.splitlines()
+                chosen[setting] = ", ".join(_choice_words(line) for line in done.stderr.splitlines()
                                             if line.startswith(("vidrec: detector:", "vidrec: recognizer:")))
                 print(f"round {round_index + 1} {setting}: {match.group(0)}", file=sys.stderr)
     ratios = [a / f for a, f in zip(fps["auto"], fps["fp32"])]
