@@ -100,7 +100,7 @@ def build_detector(cfg: VidrecConfig) -> PicoDetDetector:
     return PicoDetDetector.from_model_dir(
         folder,
         # An absolute path: the int8 copy lives in the cache, not beside the labels (folder / absolute = absolute).
-        model_file=str(choice.path.resolve()),
+        model_file=str(choice.path.absolute()),
         labels_file=det.labels_file,
         score_threshold=cfg.Global.threshold,
         max_detections=cfg.Global.max_det_results,
