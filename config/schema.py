@@ -29,6 +29,7 @@ class GlobalSection(Section):
     max_det_results: int = Field(5, ge=0, le=1000, description="Keep at most this many detector boxes per frame (before the whole-frame box).")
     label_list: list[str] = Field(["foreground"], description="Mainbody label list (PP-ShiTu).")
     backend: Literal["onnx", "paddle"] = Field("onnx", description="vidrec: inference runtime, ONNX Runtime or Paddle Inference.")
+    precision: Literal["auto", "fp32", "int8"] = Field("auto", description="vidrec: auto runs a model's int8 copy (vidrec models quantize) on a CPU with VNNI when its guard passed, else fp32; fp32 or int8 force one.")
     use_gpu: bool = False
     enable_mkldnn: bool = True
     cpu_num_threads: int = Field(2, ge=1, le=256)

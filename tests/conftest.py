@@ -22,6 +22,12 @@ from tests.media import fetched_media
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Every test runs the fp32 models, whatever int8 copies the machine's model cache holds (Global.precision
+# auto would pick them on a VNNI CPU and move the numbers the tests were written for); the int8 tests
+# (tests/test_quantize.py, tests/test_precision.py) choose their precision themselves. Child processes
+# (vidrec serve, vidrec video) inherit it.
+os.environ["VIDREC_PRECISION"] = "fp32"
+
 
 def _shared_dir() -> Path:
     return Path(os.environ.get("VIDREC_SHARED_DIR", REPO.parent / "shared")).resolve()

@@ -95,6 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("model_dir", type=Path, help="folder with inference.json/.pdmodel (or model.*) and .pdiparams")
     convert.add_argument("out", type=Path, help="the .onnx file to write")
     convert.add_argument("--opset", type=int, default=13)
+    quantize = model_cmds.add_parser(
+        "quantize", help="int8 copies of the configured detector and recognizer, with a guard report (docs/int8.md)"
+    )
+    _add_config_args(quantize)
+    quantize.add_argument("--only", choices=("detector", "recognizer"), help="quantize one model (default: both)")
+    quantize.add_argument("--footage", type=Path, action="append", metavar="VIDEO",
+                          help="calibrate on this video (repeatable; default: samples/bikes.mp4 and .cache/media/vtest.avi)")
+    quantize.add_argument("--if-needed", action="store_true", help="skip a model whose int8 copy and report are current")
 
     track = commands.add_parser(
         "track",
@@ -181,6 +189,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
         out = convert_paddle_to_onnx(args.model_dir, args.out, opset=args.opset)
         log.info("wrote %s", out)
+        return 0
+    if args.models_command == "quantize":
+        from workers.models_quantize import ROLES, run_quantize, summary_lines
+
+        cfg = load_config(args.config, args.overrides)
+        roles = (args.only,) if args.only else ROLES
+        for report in run_quantize(cfg, roles=roles, footage=args.footage, if_needed=args.if_needed):
+            print("\n".join(summary_lines(report)))
         return 0
     if args.models_command == "list":
         for spec in REGISTRY.values():

@@ -36,6 +36,12 @@ class GalleryHealth(_Body):
     error: str | None
 
 
+class ModelPrecision(_Body):
+    precision: str = Field(description="fp32 or int8 (Global.precision; docs/int8.md).")
+    file: str = Field(description="The model file it runs from.")
+    reason: str = Field(description="Why this precision: the setting, the CPU, the int8 guard's result.")
+
+
 class Health(_Body):
     status: str = Field(description="ok while serving; starting, draining or stopped otherwise (then 503).")
     run_id: str
@@ -44,6 +50,8 @@ class Health(_Body):
     workers: Workers
     failure: str | None
     gallery: GalleryHealth | None
+    models: dict[str, ModelPrecision] | None = Field(
+        None, description="Per model (detector; recognizer when a gallery is configured): precision, file and why.")
 
 
 # ---- GET /streams, /streams/{id} ---------------------------------------------------------------------------

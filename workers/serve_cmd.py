@@ -42,6 +42,8 @@ class ServePlan:
     streams: list["StreamPlan"]
     http: tuple[str, int] | None
     api_token: str | None
+    # Per model (detector, recognizer): the precision it runs in, its file and why (GET /healthz).
+    models: dict[str, dict[str, str]] | None = None
 
 
 def parse_http(value: str) -> tuple[str, int]:
@@ -106,12 +108,29 @@ def plan_service(args: argparse.Namespace) -> ServePlan:
         raise ConfigError("nothing to serve: give --stream ID=URL, a config with streams, or --http to add them later")
     if not (cfg.Kafka.bootstrap or cfg.Redis.url):
         log.warning("no sink configured (--kafka / --redis): results are computed and counted, not published")
-    return ServePlan(cfg=cfg, streams=plans, http=http, api_token=token)
+    return ServePlan(cfg=cfg, streams=plans, http=http, api_token=token, models=model_precisions(cfg))
+
+
+def model_precisions(cfg: VidrecConfig) -> dict[str, dict[str, str]] | None:
+    """Which file and precision each model will run (workers/precision.py), logged once at start. The inference
+    process decides again from the same files when it loads them, so both agree unless the cache changes
+    in between (a `vidrec models quantize` run at that very moment)."""
+    from models.errors import ModelError
+    from workers.system import model_choices
+
+    try:
+        choices = model_choices(cfg)
+    except ModelError:
+        return None  # a missing or wrong model: the inference process reports it when it starts, as before
+    for choice in choices:
+        log.info("%s runs in %s: %s (%s)", choice.role, choice.precision, choice.path, choice.reason)
+    return {choice.role: choice.view() for choice in choices}
 
 
 def run_serve(args: argparse.Namespace, *, log_level: int = logging.INFO) -> int:
     from workers.supervisor import Supervisor
 
     plan = plan_service(args)
-    supervisor = Supervisor(plan.cfg, plan.streams, http=plan.http, api_token=plan.api_token, log_level=log_level)
+    supervisor = Supervisor(plan.cfg, plan.streams, http=plan.http, api_token=plan.api_token, log_level=log_level,
+                            models=plan.models)
     return supervisor.run()

@@ -129,8 +129,10 @@ class Supervisor:
         http: tuple[str, int] | None = None,
         api_token: str | None = None,
         log_level: int = logging.INFO,
+        models: dict[str, dict[str, str]] | None = None,
     ) -> None:
         self.cfg = cfg
+        self._models = models  # per model: precision, file, reason (workers/serve_cmd.py model_precisions)
         self.service = cfg.Service
         self._initial = plans
         self._http_addr = http
@@ -586,6 +588,7 @@ class Supervisor:
                 },
                 "failure": self._failure,
                 "gallery": views.gallery_health(stats) if self.cfg.IndexProcess.index_dir else None,
+                "models": self._models,
             }
 
     def list_streams(self) -> list[dict[str, Any]]:

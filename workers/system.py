@@ -16,6 +16,7 @@ from models.resolve import REGISTRY, resolve_model_dir
 from models.runtime import RuntimeOptions
 from models.shitu import ShituParams, ShituSystem
 from models.tracking import EmbedPolicy, TrackerParams, TrackingParams, VoteRule
+from workers.precision import ModelChoice, Role, choose_model_file
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +74,40 @@ def locate(ref: str, configured: str | None, candidates: tuple[str, ...]) -> tup
     raise first_error
 
 
+def fp32_model(cfg: VidrecConfig, role: Role) -> tuple[Path, str]:
+    """The configured model folder of ``role`` and its (fp32) model file's name."""
+    g = cfg.Global
+    if role == "detector":
+        return locate(model_ref(g.det_inference_model_dir, g.backend), cfg.Detector.model_file, _DET_FILES[g.backend])
+    return locate(model_ref(g.rec_inference_model_dir, g.backend), cfg.Recognizer.model_file, _REC_FILES[g.backend])
+
+
+def model_choice(cfg: VidrecConfig, role: Role) -> tuple[Path, ModelChoice]:
+    """The model folder of ``role`` and the file to run from it: fp32 or its int8 copy (workers/precision.py)."""
+    g = cfg.Global
+    folder, model_file = fp32_model(cfg, role)
+    choice = choose_model_file(role, folder / model_file, setting=g.precision, backend=g.backend, use_gpu=g.use_gpu)
+    return folder, choice
+
+
+def model_choices(cfg: VidrecConfig) -> list[ModelChoice]:
+    """What ``build_system`` will run, decided from the same files without loading a model (for /healthz)."""
+    roles: list[Role] = ["detector"] + (["recognizer"] if cfg.IndexProcess.index_dir is not None else [])
+    return [model_choice(cfg, role)[1] for role in roles]
+
+
+def _log_choice(choice: ModelChoice) -> None:
+    log.info("%s: %s, %s (%s)", choice.role, choice.precision, choice.path, choice.reason)
+
+
 def build_detector(cfg: VidrecConfig) -> PicoDetDetector:
-    det, backend = cfg.Detector, cfg.Global.backend
-    ref = model_ref(cfg.Global.det_inference_model_dir, backend)
-    folder, model_file = locate(ref, det.model_file, _DET_FILES[backend])
+    det = cfg.Detector
+    folder, choice = model_choice(cfg, "detector")
+    _log_choice(choice)
     return PicoDetDetector.from_model_dir(
         folder,
-        model_file=model_file,
+        # An absolute path: the int8 copy lives in the cache, not beside the labels (folder / absolute = absolute).
+        model_file=str(choice.path.absolute()),
         labels_file=det.labels_file,
         score_threshold=cfg.Global.threshold,
         max_detections=cfg.Global.max_det_results,
@@ -90,11 +118,10 @@ def build_detector(cfg: VidrecConfig) -> PicoDetDetector:
 
 
 def build_recognizer(cfg: VidrecConfig) -> Recognizer:
-    backend = cfg.Global.backend
-    ref = model_ref(cfg.Global.rec_inference_model_dir, backend)
-    folder, model_file = locate(ref, cfg.Recognizer.model_file, _REC_FILES[backend])
+    _, choice = model_choice(cfg, "recognizer")
+    _log_choice(choice)
     return Recognizer(
-        folder / model_file,
+        choice.path,
         cfg.RecPreProcess.transform_ops,
         runtime=runtime_options(cfg),
         max_batch=cfg.IndexProcess.batch_size,
