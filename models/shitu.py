@@ -201,16 +201,11 @@ class ShituSystem:
     def can_recognize(self) -> bool:
         return self.gallery is not None and self.recognizer is not None
 
-    def search_crops(self, crops_rgb: Sequence[np.ndarray], gallery: _Gallery,
-                     times: StageTimes) -> tuple[list[str | None], np.ndarray]:
-        """Embed RGB crops in one recognizer call and search ``gallery``: the top-1 label (None where the gallery
-        had none) and similarity per crop; adds the stages' milliseconds to ``times``."""
-        answers = self.answer_crops(crops_rgb, gallery, times)
-        return answers.labels, answers.scores
-
     def answer_crops(self, crops_rgb: Sequence[np.ndarray], gallery: _Gallery, times: StageTimes) -> CropAnswers:
-        """``search_crops`` with each answer's margin over the best other label (``label_margin`` over the top
-        ``return_k`` hits; with ``margin_thres`` 0 only the top-1 is searched, and margins are ``inf``)."""
+        """Embed RGB crops in one recognizer call and search ``gallery``: per crop the top-1 label (None where the
+        gallery had none), its similarity and its margin over the best other label (``label_margin`` over the top
+        ``return_k`` hits; with ``margin_thres`` 0 only the top-1 is searched, and margins are ``inf``); adds the
+        stages' milliseconds to ``times``."""
         assert self.recognizer is not None
         t0 = time.perf_counter()
         embeddings = self.recognizer.embed(crops_rgb)

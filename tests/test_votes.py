@@ -72,6 +72,30 @@ def test_the_vote(min_votes: int, attempts: list, expected: list) -> None:
     assert run(attempts, min_votes=min_votes) == expected
 
 
+@pytest.mark.parametrize(
+    "attempts, expected",
+    [
+        # two clear answers (similar enough, and 0.2 / 0.3 above any other label): named
+        ([("alice", 0.9, 0.2), ("alice", 0.8, 0.3)], [None, "alice"]),
+        # similar enough, but another label is always close behind (mean lead 0.05 < 0.1): unnamed, as per crop
+        ([("alice", 0.9, 0.04), ("alice", 0.8, 0.06)], [None, None]),
+        # one close call and one clear view: the mean of the best two leads (0.11) is enough
+        ([("alice", 0.9, 0.04), ("alice", 0.8, 0.18)], [None, "alice"]),
+        # the best leads count, not the latest: a third close call does not unname the track
+        ([("alice", 0.9, 0.2), ("alice", 0.8, 0.3), ("alice", 0.85, 0.01)], [None, "alice", "alice"]),
+        # no other label within the searched hits (inf): the lead never blocks
+        ([("alice", 0.9, float("inf")), ("alice", 0.8, 0.0)], [None, "alice"]),
+    ],
+)
+def test_the_vote_asks_the_margin_of_the_best_views(attempts: list, expected: list) -> None:
+    votes = Votes(rule=VoteRule(min_votes=2, score_thres=0.7, margin_thres=0.1))
+    after = []
+    for label, similarity, margin in attempts:
+        votes.add(label, similarity, 0.3, margin)
+        after.append(votes.label)
+    assert after == expected
+
+
 def test_score_is_the_answers_strength_and_restart_keeps_the_answer() -> None:
     votes = Votes(rule=VoteRule(min_votes=2, score_thres=0.7))
     votes.add("alice", 0.9, 0.3)

@@ -118,7 +118,7 @@ def build_detector(cfg: VidrecConfig) -> PicoDetDetector:
 
 
 def build_recognizer(cfg: VidrecConfig) -> Recognizer:
-    _, choice = model_choice(cfg, "recognizer")
+    folder, choice = model_choice(cfg, "recognizer")
     _log_choice(choice)
     return Recognizer(
         choice.path,
@@ -173,5 +173,6 @@ def tracking_params(cfg: VidrecConfig) -> TrackingParams | None:
             minimum_iou_threshold=t.minimum_iou_threshold,
         ),
         embed=EmbedPolicy(every=t.embed_every, growth=t.embed_growth),
-        votes=VoteRule(min_votes=t.min_votes, score_thres=cfg.IndexProcess.score_thres),
+        votes=VoteRule(min_votes=t.min_votes, score_thres=cfg.IndexProcess.score_thres,
+                       margin_thres=cfg.IndexProcess.margin_thres),
     )

@@ -28,7 +28,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from models.shitu import RecognizedBox, ShituSystem, StageTimes, crop_boxes
+from models.shitu import CropAnswers, RecognizedBox, ShituSystem, StageTimes, accepted, crop_boxes
 from models.tracking.tracker import TimeWentBack
 from models.tracking.tracks import FramePlan, StreamTracks, TrackChange, TrackingParams
 
@@ -114,15 +114,15 @@ class TrackedSystem:
             box = (np.array([[0.0, 0.0, plan.width, plan.height]]) if row < 0 else plan.xyxy[row:row + 1])
             crops.extend(crop_boxes(rgb_of[i], box))
         times.post += (time.perf_counter() - t1) * 1000
-        labels: list[str | None] = []
-        scores = np.zeros(0, np.float32)
+        found = CropAnswers([], np.zeros(0, np.float32), np.zeros(0))
         if crops:
             assert gallery is not None
-            labels, scores = system.search_crops(crops, gallery, times)
+            found = system.answer_crops(crops, gallery, times)
 
         t2 = time.perf_counter()
-        answers: dict[tuple[int, int], tuple[str | None, float, np.ndarray]] = {
-            key: (labels[n], float(scores[n]), crops[n]) for n, key in enumerate(wanted)
+        answers: dict[tuple[int, int], tuple[str | None, float, float, np.ndarray]] = {
+            key: (found.labels[n], float(found.scores[n]), float(found.margins[n]), crops[n])
+            for n, key in enumerate(wanted)
         }
         out = [self._untracked(detections[i]) if plan is None else self._boxes(plan, meta, answers, i, changes[i])
                for i, (plan, meta) in enumerate(zip(plans, frames))]
@@ -179,9 +179,11 @@ class TrackedSystem:
         out: list[RecognizedBox] = []
         whole = answers.get((i, -1))
         if whole is not None:
-            label, score, _ = whole
-            tracks.whole_frame_answer = (label, score) if label is not None and score >= self.system.params.score_thres \
-                else (None, None)
+            label, score, margin, _ = whole
+            params = self.system.params
+            named = label is not None and accepted(score, margin, score_thres=params.score_thres,
+                                                   margin_thres=params.margin_thres)
+            tracks.whole_frame_answer = (label, score) if named else (None, None)
         if tracks.whole_frame_answer is not None and tracks.whole_frame_answer[0] is not None:
             label, score = tracks.whole_frame_answer
             out.append(RecognizedBox((0.0, 0.0, float(plan.width), float(plan.height)), 1.0, -1, label, score,
@@ -196,10 +198,10 @@ class TrackedSystem:
                                          track_id=None, embedded=False))
                 continue
             if answer is not None:
-                label, score, crop = answer
+                label, score, margin, crop = answer
                 change = tracks.record(track_id, label=label, similarity=score, box_area=(box[2] - box[0]) * (box[3] - box[1]),
                                        frame_area=frame_area, frame_index=meta.index, capture_time=meta.capture_time,
-                                       crop_rgb=crop)
+                                       crop_rgb=crop, margin=margin)
                 if change is not None:
                     changes.append(change)
             votes = tracks.tracks[track_id].votes

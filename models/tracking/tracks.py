@@ -14,6 +14,8 @@ at most about ``max_det_results`` × frames-per-``lost_track_s`` tracks; each ho
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -203,12 +205,13 @@ class StreamTracks:
                          width, height, frame_index, capture_time, ended, started)
 
     def record(self, track_id: int, *, label: str | None, similarity: float, box_area: float, frame_area: float,
-               frame_index: int, capture_time: float, crop_rgb: np.ndarray | None = None) -> TrackChange | None:
+               frame_index: int, capture_time: float, crop_rgb: np.ndarray | None = None,
+               margin: float = math.inf) -> TrackChange | None:
         """One recognition attempt of a track; the ``labelled`` change when its label changed."""
         track = self.tracks[track_id]
         weight = attempt_weight(similarity, box_area=box_area, frame_area=frame_area)
         before = track.votes.label
-        changed = track.votes.add(label, similarity, weight)
+        changed = track.votes.add(label, similarity, weight, margin)
         if weight > track.best_weight:
             track.best_weight, track.best_box, track.best_frame = weight, track.box, frame_index
             if crop_rgb is not None and crop_rgb.size:

@@ -10,7 +10,10 @@ recognition votes by score and area alike; DeepStream keeps the last answer, wit
 
 The rule: the label with the most weight leads; once it has at least ``min_votes`` attempts of its own, it is
 the track's answer if its strength, the mean of its ``min_votes`` best similarities, reaches ``score_thres``,
-and the track is unnamed if not. Until then the track keeps what it had (unnamed at first), so one lucky or
+and its lead, the mean of its ``min_votes`` best margins (an attempt's margin: how far its top-1 is above the
+best entry of another label, models/shitu.py ``label_margin``), reaches ``margin_thres`` — the per-crop
+acceptance rule (``IndexProcess.score_thres`` / ``margin_thres``) asked of the track's best views — and the
+track is unnamed if not. Until then the track keeps what it had (unnamed at first), so one lucky or
 unlucky crop never names, renames or unnames a track, and a later, stronger vote can change it. The published
 ``score`` is the answer's strength.
 
@@ -34,6 +37,7 @@ from dataclasses import dataclass, field
 class VoteRule:
     min_votes: int = 2  # attempts the leading label needs of its own before it names (or unnames) a track
     score_thres: float = 0.5  # the mean similarity that names a track (IndexProcess.score_thres)
+    margin_thres: float = 0.0  # the mean margin over other labels that names a track (IndexProcess.margin_thres)
 
     def __post_init__(self) -> None:
         if self.min_votes < 1:
@@ -53,17 +57,24 @@ class _Tally:
     count: int = 0
     weight: float = 0.0
     best: list[float] = field(default_factory=list)  # the best similarities, highest first, at most min_votes
+    margins: list[float] = field(default_factory=list)  # the best margins, highest first, at most min_votes
 
-    def add(self, similarity: float, weight: float, keep: int) -> None:
+    def add(self, similarity: float, margin: float, weight: float, keep: int) -> None:
         self.count += 1
         self.weight += weight
-        self.best.append(similarity)
-        self.best.sort(reverse=True)
-        del self.best[keep:]
+        for kept, value in ((self.best, similarity), (self.margins, margin)):
+            kept.append(value)
+            kept.sort(reverse=True)
+            del kept[keep:]
 
     @property
     def strength(self) -> float:
         return sum(self.best) / len(self.best)
+
+    @property
+    def lead(self) -> float:
+        """The mean of the best margins (``inf`` when one attempt saw no other label within reach)."""
+        return sum(self.margins) / len(self.margins)
 
 
 @dataclass(slots=True)
@@ -76,15 +87,16 @@ class Votes:
     attempts: int = 0
     _tallies: dict[str | None, _Tally] = field(default_factory=dict)
 
-    def add(self, label: str | None, similarity: float, weight: float) -> bool:
-        """Count one attempt (``label`` None: the gallery had no answer at all); True when the track's label
-        changed (named, renamed or unnamed)."""
-        self._tallies.setdefault(label, _Tally()).add(similarity, weight, self.rule.min_votes)
+    def add(self, label: str | None, similarity: float, weight: float, margin: float = math.inf) -> bool:
+        """Count one attempt (``label`` None: the gallery had no answer at all; ``margin``: its top-1's lead over
+        another label, ``inf`` when none was searched); True when the track's label changed (named, renamed or
+        unnamed)."""
+        self._tallies.setdefault(label, _Tally()).add(similarity, margin, weight, self.rule.min_votes)
         self.attempts += 1
         before = self.label
         leader, best = max(self._tallies.items(), key=lambda item: (item[1].weight, item[1].count))
         if best.count >= self.rule.min_votes:
-            named = leader is not None and best.strength >= self.rule.score_thres
+            named = leader is not None and best.strength >= self.rule.score_thres and best.lead >= self.rule.margin_thres
             self.label = leader if named else None
         mine = self._tallies.get(self.label) if self.label is not None else None
         if self.label is None:
