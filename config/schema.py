@@ -234,10 +234,10 @@ class ServiceSection(Section):
     max_streams: int = Field(16, ge=1, le=1024, description="Most streams at once (sizes the frame queue); adding more is refused.")
     slots_per_stream: int = Field(4, ge=2, le=64, description="Shared-memory frame slots per stream.")
     max_frame_bytes: int = Field(1920 * 1080 * 3, ge=1, description="Initial slot size (BGR bytes); larger frames grow the slots.")
-    # The batch pick (workers/batcher.py): whatever waits when inference is free, streams least recently
-    # served first. On a CPU a fuller batch costs as much per frame, so nothing waits for one to fill
-    # (max_batch_wait_ms 0) and a file beside cameras gets one frame per batch like each camera
-    # (per_stream_max 1) instead of the spare room (docs/benchmarks.md, issue 13). None: Global.batch_size.
+    # The batch pick (workers/batcher.py): whatever waits when inference is free, cameras before files,
+    # streams least recently served first. On a CPU a fuller batch costs as much per frame, so nothing waits
+    # for one to fill (max_batch_wait_ms 0), and a camera behind catches up by dropping, not by taking more
+    # of a batch (per_stream_max 1) (docs/benchmarks.md, issue 13). max_batch None: Global.batch_size.
     max_batch: int | None = Field(4, ge=1, le=256, description="Most frames in one inference batch, across streams; null: Global.batch_size.")
     max_batch_wait_ms: float = Field(0.0, ge=0, le=10_000, description="0: a batch is what waits when inference is free; more: a batch that cannot be full waits until its oldest frame waited this long (accelerators).")
     per_stream_max: int | None = Field(1, ge=1, le=256, description="Most frames of one stream in one batch; null: up to max_batch.")

@@ -23,6 +23,11 @@ class Item:
         return f"{self.stream_id}{self.index}"
 
 
+def camera(item: Item) -> bool:
+    """Streams F and G are files; every other letter is a live camera."""
+    return item.stream_id not in "FG"
+
+
 def items(spec: str) -> list[Item]:
     return [Item(token[0], int(token[1:])) for token in spec.split()]
 
@@ -82,10 +87,24 @@ CASES = [
         ("add", 0.0, "A0 A1"), ("next", 0.0, "A0"), ("add", 0.02, "C0"), ("add", 0.01, "B0"),
         ("next", 0.03, "B0 C0"), ("next", 0.03, "A1"),
     ]),
-    # Shares: per_stream_max 1 gives a file one frame per batch beside two cameras, not the spare room.
-    ("file_one_frame_per_batch", dict(max_batch=4, per_stream_max=1), [
-        ("add", 0.0, "F0 F1 F2 F3"), ("next", 0.0, "F0"), ("add", 0.01, "A0 B0"), ("next", 0.02, "A0 B0 F1"),
-        ("add", 0.05, "A1 A2"), ("next", 0.06, "F2 A1"), ("next", 0.09, "F3 A2"),
+    # Live first: a file's frames wait while a camera's frame waits, and run as soon as none does.
+    ("file_waits_for_cameras", dict(max_batch=4, per_stream_max=1, live=camera), [
+        ("add", 0.0, "F0 F1 F2"), ("next", 0.0, "F0"), ("add", 0.01, "A0 B0"), ("next", 0.02, "A0 B0"),
+        ("next", 0.05, "F1"), ("add", 0.06, "A1"), ("next", 0.07, "A1"), ("next", 0.09, "F2"),
+    ]),
+    # Live first: files among themselves take turns, least recently served first.
+    ("files_take_turns", dict(max_batch=1, live=camera), [
+        ("add", 0.0, "F0 F1 G0 G1"), ("next", 0.0, "F0"), ("next", 0.0, "G0"), ("next", 0.0, "F1"),
+        ("next", 0.0, "G1"),
+    ]),
+    # No starvation: a file passed over max_skips (2) batches in a row goes first, then waits its turn again.
+    ("busy_cameras_do_not_starve_a_file", dict(max_batch=1, max_skips=2, live=camera), [
+        ("add", 0.0, "F0 F1 A0 A1 A2 A3 A4 A5"), ("next", 0.0, "A0"), ("next", 0.0, "A1"), ("next", 0.0, "F0"),
+        ("next", 0.0, "A2"), ("next", 0.0, "A3"), ("next", 0.0, "F1"), ("next", 0.0, "A4"),
+    ]),
+    # No starvation: an overdue file joins the cameras' batch when there is room, first.
+    ("overdue_file_joins_live_batch", dict(max_batch=3, per_stream_max=1, max_skips=1, live=camera), [
+        ("add", 0.0, "F0 F1 A0 A1"), ("next", 0.0, "A0"), ("add", 0.01, "B0"), ("next", 0.01, "F0 B0 A1"),
     ]),
     # Shares: without a cap a stream fills the spare room round by round, after one item of every stream.
     ("spare_room_round_robin", dict(max_batch=4), [
@@ -134,6 +153,7 @@ def test_batching_rules(name: str, params: dict, script: list[tuple]) -> None:
         (dict(max_batch=2, max_wait_s=float("nan")), "max_wait_s"),  # NaN wait
         (dict(max_batch=2, per_stream_max=0), "per_stream_max"),  # no share
         (dict(max_batch=2, per_stream_max=1.0), "per_stream_max"),  # not an int
+        (dict(max_batch=2, max_skips=-1), "max_skips"),  # a negative bound
     ],
 )
 def test_bad_parameters(params: dict, message: str) -> None:
@@ -182,10 +202,10 @@ def test_turns_survive_a_dropped_backlog_and_end_with_the_stream() -> None:
 
 def test_a_file_beside_two_cameras_does_not_delay_them() -> None:
     """Two 15 fps cameras and a file whose ring always has 4 frames ready, served by a loop that spends 20 ms
-    per frame of a batch (per_stream_max 1, as the service runs): every camera frame leaves in the first batch
-    that starts after it arrived, and the file has a frame in every batch (it keeps going, nothing lost)."""
+    per frame of a batch (as the service runs: per_stream_max 1, live streams first): every camera frame leaves
+    in the first batch that starts after it arrived, and the file gets the time the cameras leave (nothing lost)."""
     clock = FakeClock()
-    batcher: Batcher[Item] = Batcher(max_batch=4, per_stream_max=1, clock=clock)
+    batcher: Batcher[Item] = Batcher(max_batch=4, per_stream_max=1, live=camera, clock=clock)
     cameras = sorted((k / 15 + offset, Item(name, k)) for name, offset in (("A", 0.0), ("B", 0.031))
                      for k in range(45))
     file_next = 0
@@ -203,11 +223,11 @@ def test_a_file_beside_two_cameras_does_not_delay_them() -> None:
         for item in batch:
             out[item.stream_id].append(item.index)
         assert batcher.pending("A") == batcher.pending("B") == 0, f"a camera frame left waiting at t={clock.now}"
-        assert sum(item.stream_id == "F" for item in batch) == 1
         clock.now += 0.020 * len(batch)
     for stream, indices in out.items():
         assert indices == list(range(len(indices))), stream
-    assert len(out["A"]) >= 44 and len(out["B"]) >= 44 and len(out["F"]) >= 40
+    # 30 camera frames/s take 0.6 s of every second: the file gets the other 0.4 s, 20 frames/s.
+    assert len(out["A"]) >= 44 and len(out["B"]) >= 44 and len(out["F"]) >= 55
 
 
 @pytest.mark.parametrize("per_stream_max, max_wait_s", [
@@ -216,12 +236,14 @@ def test_a_file_beside_two_cameras_does_not_delay_them() -> None:
     (3, 0.010),  # a cap and a wait to fill (an accelerator's setting)
 ])
 def test_every_item_leaves_once_in_stream_order_and_in_its_turn(per_stream_max: int | None, max_wait_s: float) -> None:
-    """Random arrivals of five streams (two bursty) served as the worker loop would: a batch when one is due,
-    20 ms of work per frame in it. Every item leaves exactly once, in order per stream, and a stream with items
-    waiting is in one of the next ceil(5 / max_batch) = 3 batches."""
+    """Random arrivals of three cameras and two bursty files served as the worker loop would: a batch when one
+    is due, 20 ms of work per frame in it. Every item leaves exactly once, in order per stream, and no stream
+    with items waiting is passed over by more than max_skips (4) + 2 batches in a row: once overdue, the five
+    streams at most are served two per batch."""
     rng = random.Random(7)
     clock = FakeClock()
-    batcher: Batcher[Item] = Batcher(max_batch=2, max_wait_s=max_wait_s, per_stream_max=per_stream_max, clock=clock)
+    batcher: Batcher[Item] = Batcher(max_batch=2, max_wait_s=max_wait_s, per_stream_max=per_stream_max,
+                                     live=lambda item: item.stream_id in "ABC", clock=clock)
     arrivals: list[tuple[float, Item]] = []
     for stream, period, burst in [("A", 0.040, 1), ("B", 0.040, 1), ("C", 0.033, 1), ("D", 0.100, 12), ("E", 0.200, 20)]:
         t, index = rng.uniform(0, period), 0
@@ -233,6 +255,7 @@ def test_every_item_leaves_once_in_stream_order_and_in_its_turn(per_stream_max: 
     arrivals.sort(key=lambda a: a[0])
     out: dict[str, list[int]] = {}
     passed_over: dict[str, int] = {}  # batches since the stream, waiting, last got an item
+    worst = 0
     left = 0
     pos = 0
     while pos < len(arrivals) or len(batcher):
@@ -248,7 +271,7 @@ def test_every_item_leaves_once_in_stream_order_and_in_its_turn(per_stream_max: 
         served = {item.stream_id for item in batch}
         for stream in "ABCDE":
             passed_over[stream] = 0 if stream in served or not batcher.pending(stream) else passed_over.get(stream, 0) + 1
-            assert passed_over[stream] < 3, f"{stream} passed over 3 batches in a row"
+            worst = max(worst, passed_over[stream])
         for item in batch:
             out.setdefault(item.stream_id, []).append(item.index)
             left += 1
@@ -256,3 +279,4 @@ def test_every_item_leaves_once_in_stream_order_and_in_its_turn(per_stream_max: 
     assert left == len(arrivals)
     for stream, indices in out.items():
         assert indices == list(range(len(indices))), stream
+    assert 4 <= worst <= 4 + 2  # the files were passed over (the cameras keep the loop busy), never for longer

@@ -17,8 +17,9 @@ to the sinks, repeat.
   inference has not taken yet. File streams lose nothing.
 - The batch pick (workers/batcher.py): when the models are free, the next batch is what waits (``max_wait_s`` 0,
   the default: never a wait for a batch to fill), at most ``max_batch`` frames and ``per_stream_max`` of one
-  stream, streams least recently served first: a file, always ready, is served after the cameras that waited
-  since their last turn and takes one frame per batch like each of them, so it cannot starve them, nor they it.
+  stream; live streams' frames before files' (a file, always ready, gets the time the cameras leave), streams
+  least recently served first, and a stream passed over four batches in a row goes first (a file beside busy
+  cameras still moves).
 - Per stream, results leave in frame order: batches take each stream's frames in order and run one after
   another, each sink writes from one FIFO queue, and Kafka is keyed by stream id.
 - Each result carries ``latency_ms``: ``decode``, ``queue`` (capture → batch start), ``detect``,
@@ -107,6 +108,7 @@ class _Item:
     stream_id: str
     lease: FrameLease
     arrived: float  # monotonic
+    live: bool  # a live stream's frame goes before any file's (the batch pick)
 
 
 @dataclass
@@ -192,7 +194,7 @@ class InferenceWorker:
         self.snapshots = SnapshotEncoder(settings.overlay_fps, settings.overlay_max_width, settings.overlay_jpeg_quality)
         self.batcher: Batcher[_Item] = Batcher(
             settings.max_batch, settings.max_wait_s, per_stream_max=settings.per_stream_max,
-            key=lambda item: item.stream_id,
+            key=lambda item: item.stream_id, live=lambda item: item.live,
         )
         self.streams: dict[str, _Stream] = {}
         self._ending: set[str] = set()
@@ -341,7 +343,7 @@ class InferenceWorker:
         for old in self.batcher.drop_oldest(sid, release):
             old.lease.release()
             info.dropped_backlog += 1
-        self.batcher.add(_Item(sid, lease, now), now=now)
+        self.batcher.add(_Item(sid, lease, now, info.live), now=now)
 
     def _run_batch(self, batch: list[_Item]) -> None:
         started = time.time()
