@@ -8,16 +8,11 @@ in frame order. A new version of the gallery saved meanwhile is picked up betwee
 With tracking, the run's track events go to the track sinks (``--tracks-out`` FILE.jsonl, and Kafka's tracks
 topic / Redis's current tracks when those are configured) after each batch's results; at the end of the file the
 tracks still open are ended (reason ``stream ended``), so every track started has its ``ended`` event.
-
-Frames are decoded in a thread of their own, a few batches ahead (``read_ahead``): PyAV decodes and converts
-without the GIL, so decoding overlaps the models instead of taking turns with them.
 """
 from __future__ import annotations
 
 import logging
-import queue
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,57 +61,6 @@ def batched(frames: Iterator[Frame], size: int) -> Iterator[list[Frame]]:
         yield batch
 
 
-READ_AHEAD_BATCHES = 2  # batches decoded ahead of the models
-
-
-@dataclass(frozen=True)
-class _Failed:
-    error: BaseException
-
-
-_END = object()
-
-
-def read_ahead(frames: Iterator[Frame], depth: int) -> Iterator[Frame]:
-    """``frames`` pulled by a thread of their own, at most ``depth`` ahead of the consumer, in order; an error
-    of ``frames`` is raised here, where the consumer reached it. Closing this generator stops the thread."""
-    waiting: queue.Queue = queue.Queue(maxsize=max(1, depth))
-    stop = threading.Event()
-
-    def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                waiting.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def pump() -> None:
-        try:
-            for frame in frames:
-                if not put(frame):
-                    return
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
-            put(_Failed(exc))
-            return
-        put(_END)
-
-    thread = threading.Thread(target=pump, name="decode-ahead", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = waiting.get()
-            if item is _END:
-                return
-            if isinstance(item, _Failed):
-                raise item.error
-            yield item
-    finally:
-        stop.set()
-        thread.join()
-
-
 def run_video_job(
     cfg: VidrecConfig,
     system: ShituSystem,
@@ -132,7 +76,6 @@ def run_video_job(
     track_sinks: list[ResultSink] = []
     writer: AnnotatedVideoWriter | None = None
     bar = None
-    ahead = read_ahead(iter(source), READ_AHEAD_BATCHES * cfg.Global.batch_size)
     started = time.perf_counter()
     try:
         sinks = open_sinks(cfg, outputs)
@@ -144,7 +87,7 @@ def run_video_job(
 
             bar = tqdm(total=source.frame_count, unit="frame", desc=source.stream_id, file=sys.stderr)
         step = RecognitionStep.from_config(cfg, system, class_names=class_names)
-        for frames in batched(ahead, cfg.Global.batch_size):
+        for frames in batched(iter(source), cfg.Global.batch_size):
             recognized = step.run(frames)
             for frame, result in zip(frames, recognized.results):
                 for sink in sinks:
@@ -177,7 +120,6 @@ def run_video_job(
     finally:
         if bar is not None:
             bar.close()
-        ahead.close()  # stops the decoding thread before its source closes
         source.close()
     summary.seconds = time.perf_counter() - started
     summary.outputs = [str(p) for p in (outputs.json_path, outputs.tracks_path, outputs.video_path) if p is not None]
