@@ -238,7 +238,7 @@ def test_a_file_beside_two_cameras_does_not_delay_them() -> None:
 def test_every_item_leaves_once_in_stream_order_and_in_its_turn(per_stream_max: int | None, max_wait_s: float) -> None:
     """Random arrivals of three cameras and two bursty files served as the worker loop would: a batch when one
     is due, 20 ms of work per frame in it. Every item leaves exactly once, in order per stream, and no stream
-    with items waiting is passed over by more than max_skips (4) + 2 batches in a row: once overdue, the five
+    with items waiting is passed over by more than max_skips (1) + 2 batches in a row: once overdue, the five
     streams at most are served two per batch."""
     rng = random.Random(7)
     clock = FakeClock()
@@ -279,4 +279,4 @@ def test_every_item_leaves_once_in_stream_order_and_in_its_turn(per_stream_max: 
     assert left == len(arrivals)
     for stream, indices in out.items():
         assert indices == list(range(len(indices))), stream
-    assert 4 <= worst <= 4 + 2  # the files were passed over (the cameras keep the loop busy), never for longer
+    assert 1 <= worst <= 1 + 2  # the files were passed over (the cameras keep the loop busy), never for longer

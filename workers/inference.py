@@ -18,8 +18,8 @@ to the sinks, repeat.
 - The batch pick (workers/batcher.py): when the models are free, the next batch is what waits (``max_wait_s`` 0,
   the default: never a wait for a batch to fill), at most ``max_batch`` frames and ``per_stream_max`` of one
   stream; live streams' frames before files' (a file, always ready, gets the time the cameras leave), streams
-  least recently served first, and a stream passed over four batches in a row goes first (a file beside busy
-  cameras still moves).
+  least recently served first, and a stream passed over in a batch goes first in the next (a file beside busy
+  cameras still gets every other batch).
 - Per stream, results leave in frame order: batches take each stream's frames in order and run one after
   another, each sink writes from one FIFO queue, and Kafka is keyed by stream id.
 - Each result carries ``latency_ms``: ``decode``, ``queue`` (capture → batch start), ``detect``,
