@@ -1,5 +1,11 @@
 """Live latency of `vidrec serve`: N 720p cameras at 15 fps → Kafka, for N = 1, 2, 4 (one service run per N).
 
+``--cameras 1,2,2+file``: ``N+file`` adds a file stream (``--file``, default vtest.avi played four times over)
+beside the N cameras; the summary gives each camera's results/s against the same checkout's N cameras alone and
+the file's frames/s and drops. ``--checkout NAME=PATH`` (repeatable) runs the service of each vidrec checkout in
+turn, A B then B A per round, so a change is measured against its parent in the same minutes. Runs use the
+configuration's batch settings unless ``--max-batch`` is given.
+
 Run (services up, the RTSP server serving /street720; a gallery in out/sample_index, see docs/benchmarks.md):
 
     set -a; eval "$(scripts/services up)"; set +a
