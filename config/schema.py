@@ -240,12 +240,13 @@ class ServiceSection(Section):
     max_streams: int = Field(16, ge=1, le=1024, description="Most streams at once (sizes the frame queue); adding more is refused.")
     slots_per_stream: int = Field(4, ge=2, le=64, description="Shared-memory frame slots per stream.")
     max_frame_bytes: int = Field(1920 * 1080 * 3, ge=1, description="Initial slot size (BGR bytes); larger frames grow the slots.")
-    # On 2 CPU cores and cameras only, max_batch 1 with live_backlog 1 halves p99 latency
-    # (docs/benchmarks.md), but then a file stream, always ready, takes most of inference from the
-    # cameras (oldest-first picks); 4 keeps one frame per stream per round. None: Global.batch_size.
+    # The batch pick (workers/batcher.py): whatever waits when inference is free, cameras before files,
+    # streams least recently served first. On a CPU a fuller batch costs as much per frame, so nothing waits
+    # for one to fill (max_batch_wait_ms 0), and a camera behind catches up by dropping, not by taking more
+    # of a batch (per_stream_max 1) (docs/benchmarks.md, issue 13). max_batch None: Global.batch_size.
     max_batch: int | None = Field(4, ge=1, le=256, description="Most frames in one inference batch, across streams; null: Global.batch_size.")
-    max_batch_wait_ms: float = Field(10.0, ge=0, le=10_000, description="A batch closes when its oldest frame waited this long, full or not.")
-    staleness_ms: float = Field(100.0, ge=0, le=60_000, description="A frame that waited this long goes into the next batch before any other.")
+    max_batch_wait_ms: float = Field(0.0, ge=0, le=10_000, description="0: a batch is what waits when inference is free; more: a batch that cannot be full waits until its oldest frame waited this long (accelerators).")
+    per_stream_max: int | None = Field(1, ge=1, le=256, description="Most frames of one stream in one batch; null: up to max_batch.")
     live_backlog: int = Field(2, ge=1, le=64, description="Newest frames a live stream keeps waiting for inference; older ones are dropped and counted.")
     live_max_age_ms: float = Field(1000.0, gt=0, le=600_000, description="A live frame older than this (since capture) when its batch starts is dropped and counted.")
     sink_queue_size: int = Field(1000, ge=1, le=10_000_000, description="Results waiting per sink; when full the oldest is dropped and counted.")
@@ -262,12 +263,6 @@ class ServiceSection(Section):
     overlay_jpeg_quality: int = Field(75, ge=10, le=100)
     gallery_image_root: str | None = Field(None, description="Folder the gallery API may read images from (no path outside it); null: IndexProcess.image_root.")
     live: LiveSection = Field(default_factory=LiveSection)
-
-    @model_validator(mode="after")
-    def _wait_order(self) -> "ServiceSection":
-        if self.staleness_ms < self.max_batch_wait_ms:
-            raise ValueError(f"staleness_ms ({self.staleness_ms}) must be >= max_batch_wait_ms ({self.max_batch_wait_ms})")
-        return self
 
 
 STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"

@@ -95,3 +95,30 @@ def test_preprocess_batch_stacks_and_checks() -> None:
         preprocess_batch(images, build_rec_preprocess([{"ToCHWImage": None}]))
     with pytest.raises(ValueError, match="RGB HxWx3"):
         pipeline(np.zeros((4, 4), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("ops", [
+    [{"ResizeImage": {"size": 224}}, LITE0_NORMALIZE, {"ToCHWImage": None}],  # vidrec's default: (x - 127) / 128
+    # PP-ShiTu's: ImageNet mean/std on x / 255
+    [{"ResizeImage": {"size": [224, 160]}},
+     {"NormalizeImage": {"scale": "1.0/255.0", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "order": "hwc"}},
+     {"ToCHWImage": None}],
+])
+def test_batch_fast_path_matches_the_ops(ops: list) -> None:
+    """The one-call batch path gives what the ops give one image at a time (float32 rounding apart)."""
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    crops = [frame[10:200, 20:90], frame[0:7, 0:300], frame, frame[::-1][5:50, 5:50]]  # views, one negatively strided
+    pipeline = build_rec_preprocess(ops)
+    assert pipeline.blob is not None
+    fast = preprocess_batch(crops, pipeline)
+    slow = np.stack([pipeline(crop) for crop in crops])
+    assert fast.shape == slow.shape and fast.dtype == np.float32
+    np.testing.assert_allclose(fast, slow, atol=2e-5 * max(1.0, float(np.abs(slow).max())))
+
+
+def test_other_op_lists_take_the_per_op_path() -> None:
+    pipeline = build_rec_preprocess([{"ResizeImage": {"resize_short": 256}}, {"CropImage": {"size": 224}},
+                                     {"NormalizeImage": {}}, {"ToCHWImage": None}])
+    assert pipeline.blob is None
+    assert preprocess_batch([np.zeros((300, 260, 3), np.uint8)], pipeline).shape == (1, 3, 224, 224)

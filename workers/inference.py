@@ -15,8 +15,11 @@ to the sinks, repeat.
   ``dropped_backlog``), and a live frame older than ``live_max_age_s`` when its batch starts is released and
   counted ``dropped_too_old``. The transport already overwrites the oldest frames of a live ring that
   inference has not taken yet. File streams lose nothing.
-- The batcher closes a batch at ``max_batch`` frames or when its oldest frame waited ``max_wait_s`` and puts a
-  frame that waited ``staleness_s`` first: a camera that pauses around a keyframe never holds back the others.
+- The batch pick (workers/batcher.py): when the models are free, the next batch is what waits (``max_wait_s`` 0,
+  the default: never a wait for a batch to fill), at most ``max_batch`` frames and ``per_stream_max`` of one
+  stream; live streams' frames before files' (a file, always ready, gets the time the cameras leave), streams
+  least recently served first, and a stream passed over in a batch goes first in the next (a file beside busy
+  cameras still gets every other batch).
 - Per stream, results leave in frame order: batches take each stream's frames in order and run one after
   another, each sink writes from one FIFO queue, and Kafka is keyed by stream id.
 - Each result carries ``latency_ms``: ``decode``, ``queue`` (capture → batch start), ``detect``,
@@ -105,6 +108,7 @@ class _Item:
     stream_id: str
     lease: FrameLease
     arrived: float  # monotonic
+    live: bool  # a live stream's frame goes before any file's (the batch pick)
 
 
 @dataclass
@@ -189,7 +193,8 @@ class InferenceWorker:
         self.labels: dict[str, dict[str, int]] = {}
         self.snapshots = SnapshotEncoder(settings.overlay_fps, settings.overlay_max_width, settings.overlay_jpeg_quality)
         self.batcher: Batcher[_Item] = Batcher(
-            settings.max_batch, settings.max_wait_s, settings.staleness_s, key=lambda item: item.stream_id
+            settings.max_batch, settings.max_wait_s, per_stream_max=settings.per_stream_max,
+            key=lambda item: item.stream_id, live=lambda item: item.live,
         )
         self.streams: dict[str, _Stream] = {}
         self._ending: set[str] = set()
@@ -335,14 +340,10 @@ class InferenceWorker:
         now = time.monotonic()
         release = backlog_overflow(live=info.live, waiting=self.batcher.pending(sid),
                                    live_backlog=self.settings.live_backlog)
-        if release:
-            waiting = self.batcher.remove_stream(sid)
-            for old in waiting[:release]:
-                old.lease.release()
-                info.dropped_backlog += 1
-            for item in waiting[release:]:
-                self.batcher.add(item, now=item.arrived)
-        self.batcher.add(_Item(sid, lease, now), now=now)
+        for old in self.batcher.drop_oldest(sid, release):
+            old.lease.release()
+            info.dropped_backlog += 1
+        self.batcher.add(_Item(sid, lease, now, info.live), now=now)
 
     def _run_batch(self, batch: list[_Item]) -> None:
         started = time.time()
@@ -483,6 +484,7 @@ class InferenceWorker:
     def _finish_streams(self) -> None:
         for sid in [sid for sid in self._ending if not self.batcher.pending(sid)]:
             self._ending.discard(sid)
+            self.batcher.remove_stream(sid)  # nothing waits; a stream that comes back starts a new turn
             info = self.streams.get(sid)
             if info is not None:
                 self._end_tracks(sid, info.end_reason)

@@ -46,7 +46,7 @@ class InferenceSettings:
     run_id: str
     max_batch: int
     max_wait_s: float
-    staleness_s: float
+    per_stream_max: int | None
     live_backlog: int
     live_max_age_s: float
     sink_queue_size: int
@@ -62,7 +62,7 @@ class InferenceSettings:
         svc = cfg.Service
         return cls(
             run_id=run_id, max_batch=svc.max_batch or cfg.Global.batch_size, max_wait_s=svc.max_batch_wait_ms / 1000.0,
-            staleness_s=svc.staleness_ms / 1000.0, live_backlog=svc.live_backlog,
+            per_stream_max=svc.per_stream_max, live_backlog=svc.live_backlog,
             live_max_age_s=svc.live_max_age_ms / 1000.0, sink_queue_size=svc.sink_queue_size,
             sink_close_timeout_s=svc.sink_close_timeout_s, stats_interval_s=svc.stats_interval_s,
             overlay_fps=svc.overlay_fps, incarnation=incarnation, overlay_max_width=svc.overlay_max_width,

@@ -22,7 +22,7 @@ from stream.track_events import TRACK_EVENTS
 from workers.counters import DROP_REASONS
 
 # Bucket bounds (upper, inclusive), chosen around what this service does: a frame's way through takes
-# 0.1–0.7 s on CPU; a batch waits up to max_batch_wait_ms (10 ms) unless frames are late.
+# 0.1–0.7 s on CPU; a batch waits up to max_batch_wait_ms (0 by default: not at all) to fill.
 LATENCY_BUCKETS_S = (0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
 WAIT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 INFERENCE_BUCKETS_S = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
