@@ -13,7 +13,10 @@ the gallery for ``return_k`` (one search per crop), keep the top-1 at ``score_th
 boxes by score; then one JSON line per frame. It uses the very objects ``vidrec video`` uses (one
 ``build_system``: PicoDet-S 320, the configured recognizer with its preprocessing, the gallery, the same ONNX
 Runtime sessions and thread settings), and decodes with the same source (PyAV), so the gap is how the work is
-driven, not what runs.
+driven, not what runs. With ``--loop-precision fp32`` (the default) the loop gets its own ``build_system`` at
+``Global.precision=fp32``, as PP-ShiTu runs these networks on a CPU, while ``vidrec video`` runs what
+``Global.precision`` picks (the int8 recognizer where its guard passed, docs/int8.md): the same networks and
+weights, vidrec's own quantized copy. ``--loop-precision same`` compares the driving alone.
 
 ``vidrec video`` runs as the command does (``run_video_job``: decode, ``RecognitionStep``, JSONL to a temporary
 file) with ``Tracker.enabled=false`` (issue 13 compares the two without tracking, whose gain is issue 11's) and
@@ -153,21 +156,28 @@ def main() -> int:
     parser.add_argument("--index-dir", type=Path, default=REPO / "out" / "sample_index")
     parser.add_argument("--profile", action="store_true", help="one more pass of each with stage clocks")
     parser.add_argument("-o", dest="override", action="append", default=[], help="more vidrec -o overrides (both)")
+    parser.add_argument("--loop-precision", choices=("same", "fp32"), default="fp32",
+                        help="fp32 (default): the loop runs the fp32 models, as PP-ShiTu does on a CPU, and vidrec "
+                             "video what Global.precision picks (int8 where its guard passed); same: one system")
     args = parser.parse_args()
     ensure_gallery(args.index_dir)
     clip = args.clip or fetched_media("vtest.avi")
     overrides = [f"IndexProcess.index_dir={args.index_dir}", TRACKER_OFF, *args.override]
     cfg = load_config(None, overrides)
     system = build_system(cfg)
+    # The same networks and weights either way; what differs with fp32 is vidrec's int8 copy (issue 13 part 3).
+    loop_cfg = cfg if args.loop_precision == "same" else load_config(None, [*overrides, "Global.precision=fp32"])
+    loop_system = system if args.loop_precision == "same" else build_system(loop_cfg)
     loop_name, video_name = "PP-ShiTu-style loop", "vidrec video (tracking off)"
     fps: dict[str, list[float]] = {loop_name: [], video_name: []}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.jsonl"
-        runs = {loop_name: lambda: ppshitu_loop(cfg, system, clip, out, Clocks(False)),
+        runs = {loop_name: lambda: ppshitu_loop(loop_cfg, loop_system, clip, out, Clocks(False)),
                 video_name: lambda: vidrec_video(cfg, system, clip, out)}
         with open_source(clip) as source:  # warm-up: the runtimes' first runs of the crop counts this clip has
             for frame, _ in zip(source, range(30)):
-                system.run([frame.image_bgr])
+                for warmed in {id(system): system, id(loop_system): loop_system}.values():
+                    warmed.run([frame.image_bgr])
         for k in range(args.rounds):
             order = [loop_name, video_name] if k % 2 == 0 else [video_name, loop_name]
             for name in order:
@@ -180,12 +190,13 @@ def main() -> int:
         if args.profile:
             for name in (loop_name, video_name):
                 clocks = Clocks(True)
-                run = ((lambda c=clocks: ppshitu_loop(cfg, system, clip, out, c)) if name == loop_name else runs[name])
-                frames, seconds = profiled(name, run, system, clocks)
+                run = ((lambda c=clocks: ppshitu_loop(loop_cfg, loop_system, clip, out, c)) if name == loop_name
+                       else runs[name])
+                frames, seconds = profiled(name, run, loop_system if name == loop_name else system, clocks)
                 profiles[name] = (frames, seconds, dict(clocks.seconds))
 
     ratios = [v / l for v, l in zip(fps[video_name], fps[loop_name])]
-    print(f"clip: {clip.name}; config: {' '.join(overrides)}; cpu threads {cfg.Global.cpu_num_threads}; "
+    print(f"clip: {clip.name}; config: {' '.join(overrides)}; loop precision {args.loop_precision}; cpu threads {cfg.Global.cpu_num_threads}; "
           f"{os.cpu_count()} cores; {args.rounds} rounds (A B, B A, ...); load average at the end {load()}\n")
     print("| run | fps per round | median fps |")
     print("|---|---|---|")
