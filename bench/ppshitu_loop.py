@@ -7,7 +7,7 @@
         $PWD/bench/ppshitu_loop.py --rounds 1 --index-dir $PWD/out/sample_index
 
 The PP-ShiTu-style loop does per frame what PaddleClas's ``deploy/python/predict_system.py`` does per image
-(/work/shared facts, docs/ppshitu-compat.md): the detector at batch 1; the top ``max_det_results`` boxes above
+(docs/ppshitu-compat.md): the detector at batch 1; the top ``max_det_results`` boxes above
 ``threshold`` plus the whole frame; for each box, crop, embed at batch 1 (one recognizer call per crop) and search
 the gallery for ``return_k`` (one search per crop), keep the top-1 at ``score_thres``; greedy NMS over the kept
 boxes by score; then one JSON line per frame. It uses the very objects ``vidrec video`` uses (one
