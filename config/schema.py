@@ -265,6 +265,16 @@ class ServiceSection(Section):
     live: LiveSection = Field(default_factory=LiveSection)
 
 
+class ClusterSection(Section):
+    """vidrec: `vidrec serve --cluster NAME`: nodes with the same name share the streams through a Kafka consumer
+    group (docs/cluster.md). ``node`` names this node in results, metrics and ``GET /cluster``, clustered or not."""
+
+    name: str | None = Field(None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$",
+                             description="Cluster name: the consumer group, and the streams topic's prefix; null: one node on its own (streams from the config, --stream and the HTTP API).")
+    node: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
+                             description="This node's id; null: <host name>:<HTTP port>, or <host name>:<process id> without an HTTP API.")
+
+
 STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
 
 
@@ -292,6 +302,7 @@ class VidrecConfig(Section):
     Kafka: KafkaSection = Field(default_factory=KafkaSection)
     Redis: RedisSection = Field(default_factory=RedisSection)
     Service: ServiceSection = Field(default_factory=ServiceSection)
+    Cluster: ClusterSection = Field(default_factory=ClusterSection)
     streams: list[StreamSpec] = Field(default_factory=list, description="Inputs of `vidrec serve` (more with --stream and the HTTP API).")
 
     @field_validator("streams")

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from config import ConfigError, VidrecConfig, load_config
 from config.schema import StreamSpec
+from workers.node_id import node_id
 
 if TYPE_CHECKING:  # the workers (PyAV, models, clients) load only when the command runs
     from workers.plans import StreamPlan
@@ -108,6 +109,8 @@ def plan_service(args: argparse.Namespace) -> ServePlan:
         raise ConfigError("nothing to serve: give --stream ID=URL, a config with streams, or --http to add them later")
     if not (cfg.Kafka.bootstrap or cfg.Redis.url):
         log.warning("no sink configured (--kafka / --redis): results are computed and counted, not published")
+    # Resolved once, here: the inference process (results' ``node``), the metrics and the cluster all read it.
+    cfg.Cluster.node = node_id(cfg.Cluster.node, http[1] if http else None)
     return ServePlan(cfg=cfg, streams=plans, http=http, api_token=token, models=model_precisions(cfg))
 
 
