@@ -114,3 +114,37 @@ def test_score_is_the_answers_strength_and_restart_keeps_the_answer() -> None:
 def test_min_votes_must_be_positive() -> None:
     with pytest.raises(ValueError, match="min_votes"):
         VoteRule(min_votes=0)
+
+
+@pytest.mark.parametrize(
+    "attempts, expected",
+    [
+        # a true match: its views pass one after another (2 of 2, then 3 of 3): named as without the share
+        ([("alice", 0.9, 0.2), ("alice", 0.8, 0.3), ("alice", 0.85, 0.2)], [None, "alice", "alice"]),
+        # a look-alike: its nearest item is alice every time, but at most 2 of its views pass (1 of 3, 2 of 5, 2 of 6,
+        # all under half): never named, though from the 3rd view on its best two (0.76, then 0.85) would name it
+        ([("alice", 0.6, 0.2), ("alice", 0.62, 0.2), ("alice", 0.9, 0.2), ("alice", 0.6, 0.2), ("alice", 0.8, 0.2),
+          ("alice", 0.61, 0.2)], [None, None, None, None, None, None]),
+        # named on two passing views; failing ones follow: 2 of 4 still hold it, 2 of 5 do not
+        ([("alice", 0.9, 0.2), ("alice", 0.8, 0.2), ("alice", 0.6, 0.2), ("alice", 0.6, 0.2), ("alice", 0.6, 0.2)],
+         [None, "alice", "alice", "alice", None]),
+        # a view that scores but is not clear of another label (margin 0.05 < 0.1) does not pass either
+        ([("alice", 0.9, 0.05), ("alice", 0.9, 0.05), ("alice", 0.9, 0.2)], [None, None, None]),
+        # attempts with no answer at all count in the track's attempts: 2 passing of 5 (0.4) do not name it
+        ([(None, 0.0, 0.0), (None, 0.0, 0.0), ("alice", 0.9, 0.2), ("alice", 0.8, 0.2), (None, 0.0, 0.0)],
+         [None, None, None, None, None]),
+    ],
+)
+def test_the_leader_must_pass_on_a_share_of_the_views(attempts: list, expected: list) -> None:
+    votes = Votes(rule=VoteRule(min_votes=2, score_thres=0.7, margin_thres=0.1, min_share=0.5))
+    after = []
+    for label, similarity, margin in attempts:
+        votes.add(label, similarity, 0.3, margin)
+        after.append(votes.label)
+    assert after == expected
+
+
+@pytest.mark.parametrize("min_share", [-0.1, 1.5])
+def test_min_share_is_a_share(min_share: float) -> None:
+    with pytest.raises(ValueError, match="min_share"):
+        VoteRule(min_votes=2, min_share=min_share)
