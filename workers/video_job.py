@@ -25,6 +25,7 @@ from stream.sinks import ResultSink
 from stream.sinks.video import AnnotatedVideoWriter
 from stream.sources import FrameSource, open_source
 from workers.outputs import SinkTargets, open_sinks, open_track_sinks
+from workers.node_id import node_id
 from workers.recognition import RecognitionStep
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ def run_video_job(
 
             bar = tqdm(total=source.frame_count, unit="frame", desc=source.stream_id, file=sys.stderr)
         step = RecognitionStep.from_config(cfg, system, class_names=class_names)
+        step.node = node_id(cfg.Cluster.node, None)  # the configured id, else <host>:<pid>: who made the file
         for frames in batched(iter(source), cfg.Global.batch_size):
             recognized = step.run(frames)
             for frame, result in zip(frames, recognized.results):
