@@ -85,12 +85,17 @@ def consume(*args: str, stdout=subprocess.PIPE) -> subprocess.Popen:
 def test_consume_drops_repeats_reports_gaps_and_sums_up(kafka_bootstrap: str) -> None:
     topic = fresh_topic(kafka_bootstrap)
     produce(kafka_bootstrap, topic, MESSAGES)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    producer.send(topic, key=b"a", value=b"not json")  # someone else's record: skipped, said, not fatal
+    producer.flush(30)
+    producer.close()
     common = ("--kafka", kafka_bootstrap, "--topic", topic, "--idle-exit", "3")
     runs = {"lines": consume(*common), "b": consume(*common, "--stream", "b"), "summary": consume(*common, "--summary")}
     out = {}
     for name, proc in runs.items():
         stdout, stderr = proc.communicate(timeout=90)
         assert proc.returncode == 0, stderr
+        assert ("skipped, not a vidrec message (JSONDecodeError" in stderr) == (name != "b"), stderr  # its key is a
         out[name] = stdout.splitlines()
 
     lines = out["lines"]

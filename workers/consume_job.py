@@ -19,12 +19,18 @@ dies is followed by one that reads its last results again: at least once, here t
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 import time
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer
+from kafka.errors import KafkaError
+
+from stream.errors import SinkError
 
 
 
@@ -142,10 +148,6 @@ def run_consume(bootstrap: str, topics: list[str], *, group: str | None, stream:
                 idle_exit_s: float | None = None, security: dict[str, Any] | None = None,
                 connect_timeout_s: float = 5.0) -> int:
     """Read ``topics`` until SIGINT/SIGTERM (or ``idle_exit_s`` without a message); print as the module says."""
-    import logging
-
-    from kafka import ConsumerRebalanceListener, KafkaConsumer
-
     logging.getLogger("kafka").setLevel(logging.CRITICAL)  # its reconnect chatter is not this command's output
 
     class Listener(ConsumerRebalanceListener):  # say which partitions this copy reads, as the group decides
@@ -155,10 +157,6 @@ def run_consume(bootstrap: str, topics: list[str], *, group: str | None, stream:
         def on_partitions_assigned(self, assigned: Any) -> None:
             parts = ",".join(f"{tp.topic}:{tp.partition}" for tp in sorted(assigned))
             print(f"vidrec: consume: reading partitions {parts or '(none)'}", flush=True, file=sys.stderr)
-
-    from kafka.errors import KafkaError
-
-    from stream.errors import SinkError
 
     try:
         consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
@@ -182,7 +180,11 @@ def run_consume(bootstrap: str, topics: list[str], *, group: str | None, stream:
                 for record in records:
                     if stream is not None and record.key != stream.encode():
                         continue
-                    handle(dedup, json.loads(record.value), quiet=summary)
+                    try:
+                        handle(dedup, json.loads(record.value), quiet=summary)
+                    except (ValueError, KeyError, TypeError) as exc:  # not a vidrec message: say so, go on
+                        print(f"vidrec: consume: {record.topic}:{record.partition} offset {record.offset}: "
+                              f"skipped, not a vidrec message ({type(exc).__name__}: {exc})", file=sys.stderr)
             if polled:
                 last_message = time.monotonic()
                 if group is not None:
