@@ -85,6 +85,7 @@ class DetectorSection(Section):
     labels_file: str | None = Field(None, description="Class names, one per line; default: infer_cfg.yml's label_list, else coco.names.")
     mainbody: bool = Field(True, description="Class-agnostic NMS as PP-ShiTu's mainbody detector; the COCO class is kept per box.")
     nms_iou: float = Field(0.6, ge=0.0, le=1.0)
+    run_ahead: bool = Field(True, description="Detect the next batch on a thread of its own while the current one is tracked, embedded and searched (workers/detect_ahead.py).")
 
 
 class RecognizerSection(Section):

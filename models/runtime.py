@@ -16,6 +16,7 @@ import onnx
 import onnxruntime as ort
 
 from models.errors import ModelError
+from models.graph_rewrite import optimized
 
 Backend = Literal["onnx", "paddle"]
 
@@ -84,7 +85,7 @@ class OnnxModel:
             if options.use_tensorrt and "TensorrtExecutionProvider" in available:
                 providers.insert(0, ("TensorrtExecutionProvider", {"trt_fp16_enable": options.use_fp16}))
         try:
-            self._session = ort.InferenceSession(_without_initializer_inputs(path), sess_options=session_options, providers=providers)
+            self._session = ort.InferenceSession(_rewritten(path), sess_options=session_options, providers=providers)
         except Exception as exc:  # onnx/onnxruntime raise their own untyped errors for corrupt files
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"cannot load model {path}: {first_line}") from exc
@@ -95,17 +96,6 @@ class OnnxModel:
         return self._session.run(list(output_names) if output_names else None, feeds)
 
 
-def _without_initializer_inputs(model_path: Path) -> bytes:
-    """The model's bytes, with weights no longer listed as graph inputs.
-
-    paddle2onnx exports (the PicoDet files among them) list every initializer as an input too, which
-    tells ONNX Runtime the weights may be overridden at run time and so stops it from constant-folding
-    them; dropping them from the inputs measured 10–35 % faster ``run`` calls here.
-    """
-    model = onnx.load(str(model_path))
-    weights = {init.name for init in model.graph.initializer}
-    inputs = [inp for inp in model.graph.input if inp.name not in weights]
-    if len(inputs) != len(model.graph.input):
-        del model.graph.input[:]
-        model.graph.input.extend(inputs)
-    return model.SerializeToString()
+def _rewritten(model_path: Path) -> bytes:
+    """The model's bytes after models/graph_rewrite.py's rewrites (same outputs, faster on ONNX Runtime)."""
+    return optimized(onnx.load(str(model_path))).SerializeToString()

@@ -105,6 +105,15 @@ class StageTimes:
     post: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class DetectedBatch:
+    """A batch's detections, one ``Detections`` per image, made before (or while) the rest of its recognition
+    runs, and what the detector took in milliseconds."""
+
+    detections: list[Detections]
+    ms: float
+
+
 @dataclass
 class BatchRecognition:
     boxes: list[list[RecognizedBox]]
@@ -222,12 +231,22 @@ class ShituSystem:
             margins = np.array([label_margin(row, row_scores) for row, row_scores in zip(found.labels, scores.tolist())])
         return CropAnswers([row[0] for row in found.labels], scores[:, 0], margins)
 
-    def run(self, images_bgr: Sequence[np.ndarray]) -> BatchRecognition:
-        times = StageTimes()
+    def detect(self, images_bgr: Sequence[np.ndarray]) -> DetectedBatch:
+        """The detector alone, over a batch: what ``run`` does first, callable ahead of it (on another thread
+        while the previous batch is recognised: ONNX Runtime lets go of the GIL while it runs)."""
         t0 = time.perf_counter()
         detections = self.detector.detect(images_bgr)
-        t1 = time.perf_counter()
-        times.detect = (t1 - t0) * 1000
+        return DetectedBatch(detections, (time.perf_counter() - t0) * 1000)
+
+    def run(self, images_bgr: Sequence[np.ndarray], detected: DetectedBatch | None = None) -> BatchRecognition:
+        """Recognise a batch; ``detected``: its detections made ahead by ``detect`` (else detected here)."""
+        times = StageTimes()
+        if detected is None:
+            detected = self.detect(images_bgr)
+        if len(detected.detections) != len(images_bgr):
+            raise ValueError(f"{len(images_bgr)} image(s) but detections for {len(detected.detections)}")
+        detections = detected.detections
+        times.detect = detected.ms
 
         per_frame = [
             with_whole_frame(det, width=img.shape[1], height=img.shape[0]) for det, img in zip(detections, images_bgr)

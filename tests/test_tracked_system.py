@@ -165,3 +165,46 @@ def test_a_tracker_error_ends_that_streams_tracks_only(cfg: VidrecConfig, system
     again = step.run(a[11:13])  # the next frames of a: a fresh tracker, ids going on
     assert all(o.track_id is None or o.track_id > max(e.track_id for e in ended_a)
                for r in again.results for o in r.objects)
+
+
+@pytest.mark.parametrize(
+    ("tracking", "batch_size"),
+    [
+        (True, 1),   # vidrec video's default: one frame per batch, tracks carried between them
+        (True, 3),   # several frames per batch
+        (False, 2),  # per box per frame (Tracker.enabled=false)
+    ],
+)
+def test_detecting_ahead_changes_no_result(cfg: VidrecConfig, system: ShituSystem, frames: list[Frame],
+                                           tracking: bool, batch_size: int) -> None:
+    """Batch N+1 detected on its own thread while N is recognised (Detector.run_ahead): every box, track id,
+    label and embedded flag as when each batch is detected in its turn."""
+    from workers.video_job import batched, recognized_batches
+
+    def run(ahead: bool) -> list[list[tuple]]:
+        step = RecognitionStep(system, class_names=system.detector.class_names,
+                               tracking=tracking_params(cfg) if tracking else None)
+        out = []
+        for batch, recognized in recognized_batches(step, batched(iter(frames), batch_size), ahead=ahead):
+            assert [r.frame_index for r in recognized.results] == [f.index for f in batch]
+            assert recognized.times.detect > 0
+            out.extend(objects(recognized.results))
+        return out
+
+    inline, ahead = run(False), run(True)
+    assert len(inline) == len(frames) and sum(map(len, inline)) > len(frames)  # boxes, not just whole frames
+    assert ahead == inline
+
+
+def test_a_detector_error_ahead_reaches_the_caller(cfg: VidrecConfig, system: ShituSystem, frames: list[Frame]) -> None:
+    """An error on the detector thread is raised where its batch is recognised, and the thread goes on."""
+    from workers.detect_ahead import DetectAhead
+
+    step = RecognitionStep(system, class_names=system.detector.class_names)
+    broken = Frame("cam", 0, 0.0, 0.0, frames[0].image_bgr[:0], 0.0)  # 0 rows: the detector cannot letterbox it
+    with DetectAhead(step) as ahead:
+        failed = ahead.submit([broken])
+        fine = ahead.submit(frames[:1])
+        with pytest.raises(ValueError, match="positive height and width"):
+            step.run([broken], detected=failed.result())
+        assert len(step.run(frames[:1], detected=fine.result()).results) == 1

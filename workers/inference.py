@@ -8,14 +8,16 @@ the models, the gallery, the finished results) and the sinks, each writing from 
 
 The loop: take every frame ref that is ready (each one claims its shared-memory slot: a lease), add it to the
 batcher, run the batch that is due through the recognition step, release the batch's slots, hand the results
-to the sinks, repeat.
+to the sinks, repeat. With ``Detector.run_ahead`` (the default) the detector runs one batch ahead on a thread of
+its own (workers/detect_ahead.py): when it is free, the next batch is picked and detected while the batch before
+is tracked, embedded, searched and published on this thread, so both models keep a core busy.
 
 - Live streams never queue stale frames here either (the rules: workers/freshness.py): a live stream keeps at
   most ``live_backlog`` frames waiting for a batch (older ones are released unprocessed and counted
   ``dropped_backlog``), and a live frame older than ``live_max_age_s`` when its batch starts is released and
   counted ``dropped_too_old``. The transport already overwrites the oldest frames of a live ring that
   inference has not taken yet. File streams lose nothing.
-- The batch pick (workers/batcher.py): when the models are free, the next batch is what waits (``max_wait_s`` 0,
+- The batch pick (workers/batcher.py): when the detector is free, the next batch is what waits (``max_wait_s`` 0,
   the default: never a wait for a batch to fill), at most ``max_batch`` frames and ``per_stream_max`` of one
   stream; live streams' frames before files' (a file, always ready, gets the time the cameras leave), streams
   least recently served first, and a stream passed over in a batch goes first in the next (a file beside busy
@@ -50,6 +52,8 @@ import os
 import queue as queue_mod
 import sys
 import time
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,12 +62,14 @@ import numpy as np
 
 from config import ConfigError, VidrecConfig
 from models.errors import GalleryError, ModelError
+from models.shitu import DetectedBatch
 from stream.errors import SinkError, SourceError
 from stream.latency import LatencyWindow
 from stream.states import StreamState
 from stream.track_events import TRACK_EVENTS, TrackEvent
 from stream.transport import EndOfStream, FrameConsumer, FrameLease, ProducerDiedError, StreamCounters
 from workers.batcher import Batcher
+from workers.detect_ahead import DetectAhead
 from workers.metrics import (
     BATCH_SIZE_BUCKETS,
     INFERENCE_BUCKETS_S,
@@ -92,6 +98,7 @@ from workers.freshness import backlog_overflow, too_old
 from workers.worker_process import ParentWatch, detach_queues, setup_child
 from workers.outputs import open_event_sinks, open_service_sinks, result_run_id
 from workers.recognition import FrameContext, RecognitionStep, RecognizedBatch, TrackThumbnails
+from stream.frames import Frame
 from workers.track_feed import TrackEvents, encode_thumbnail
 
 log = logging.getLogger(__name__)
@@ -109,6 +116,20 @@ class _Item:
     lease: FrameLease
     arrived: float  # monotonic
     live: bool  # a live stream's frame goes before any file's (the batch pick)
+
+
+@dataclass(slots=True)
+class _Picked:
+    """A batch taken from the batcher: its fresh items (slots leased until it is published), their frames (views
+    on those slots), when it started, and its detections in the making (None: detected when it runs)."""
+
+    items: list[_Item]
+    frames: list[Frame]
+    started: float  # wall clock
+    detected: "Future[DetectedBatch] | None"
+
+    def detecting(self) -> bool:
+        return self.detected is not None and not self.detected.done()
 
 
 @dataclass
@@ -198,6 +219,8 @@ class InferenceWorker:
         )
         self.streams: dict[str, _Stream] = {}
         self._ending: set[str] = set()
+        self._ahead = DetectAhead(self.step) if cfg.Detector.run_ahead else None
+        self._picked: _Picked | None = None  # with run_ahead: the batch whose detector runs (or ran) ahead
         self._batches = 0
         self._frames = 0
         self._error_kinds: set[str] = set()
@@ -243,15 +266,33 @@ class InferenceWorker:
                 timeout = 0.0 if due <= now else min(due - now, 0.05)
                 if self._draining and not len(self.batcher):
                     timeout = 0.3  # the ingest processes have stopped: whatever is left is on the queue now
+                if self._picked is not None:
+                    if self._picked.detecting():  # nothing to do here until the detector thread is free
+                        wait_for([self._picked.detected], timeout=0.05)
+                    timeout = 0.0
                 got = self._receive(consumer, timeout)
-                batch = self.batcher.next_batch()
-                if batch:
-                    self._run_batch(batch)
+                if self._ahead is None:
+                    batch = self.batcher.next_batch()
+                    if batch:
+                        self._finish_batch(self._pick(batch))
+                elif self._picked is None or not self._picked.detecting():
+                    # The detector is free: the next batch goes to it now, and the one it detected is finished
+                    # here meanwhile.
+                    done, self._picked = self._picked, None
+                    batch = self.batcher.next_batch()
+                    if batch:
+                        self._picked = self._pick(batch)
+                    if done is not None:
+                        self._finish_batch(done)
                 self._finish_streams()
                 self._maybe_report()
-                if self._draining and got == 0 and not len(self.batcher):
+                if self._draining and got == 0 and not len(self.batcher) and self._picked is None:
                     break
         finally:
+            if self._ahead is not None:
+                self._ahead.close()  # a detection in flight still reads its slots: wait for it
+            if self._picked is not None:  # only after an error: a normal drain leaves none
+                self._release(self._picked)
             for item in self.batcher.drain():  # only after an error: a normal drain leaves none
                 item.lease.release()
             consumer.close()
@@ -345,7 +386,9 @@ class InferenceWorker:
             info.dropped_backlog += 1
         self.batcher.add(_Item(sid, lease, now, info.live), now=now)
 
-    def _run_batch(self, batch: list[_Item]) -> None:
+    def _pick(self, batch: list[_Item]) -> _Picked:
+        """A batch taken from the batcher: live frames too old already are dropped (counted); with run_ahead the
+        rest go to the detector thread at once."""
         started = time.time()
         self.batch_wait.observe(max(0.0, time.monotonic() - min(item.arrived for item in batch)))
         fresh: list[_Item] = []
@@ -357,26 +400,37 @@ class InferenceWorker:
                 info.dropped_too_old += 1
             else:
                 fresh.append(item)
-        if not fresh:
-            return
         frames = [item.lease.frame(copy=False) for item in fresh]
+        detected = self._ahead.submit(frames) if self._ahead is not None and frames else None
+        return _Picked(fresh, frames, started, detected)
+
+    def _finish_batch(self, picked: _Picked) -> None:
+        """Track, embed, search and publish a picked batch (waiting for its detections), then free its slots."""
+        if not picked.items:
+            return
         try:
             try:
-                recognized = self.step.run(frames, self._contexts(fresh), batch_started=started)
+                detected = picked.detected.result() if picked.detected is not None else None
+                recognized = self.step.run(picked.frames, self._contexts(picked.items), batch_started=picked.started,
+                                           detected=detected)
             except Exception as exc:  # noqa: BLE001 - one bad batch must not stop every camera
-                self._count_error(fresh, exc)
+                self._count_error(picked.items, exc)
                 return
             self._publish(recognized)
             self._publish_events(recognized.events, recognized.thumbnails)
             # Pixels for the overlay only after the results went to the sinks: results never wait for them.
-            for frame, result in zip(frames, recognized.results):
+            for frame, result in zip(picked.frames, recognized.results):
                 snapshot = self.snapshots.maybe_encode(frame, result.frame_index)
                 if snapshot is not None:
                     self._status.put(snapshot)
         finally:
-            del frames  # the pixel views must be gone before their slots are released
-            for item in fresh:
-                item.lease.release()
+            self._release(picked)
+
+    @staticmethod
+    def _release(picked: _Picked) -> None:
+        picked.frames.clear()  # the pixel views must be gone before their slots are released
+        for item in picked.items:
+            item.lease.release()
 
     def _contexts(self, items: list[_Item]) -> list[FrameContext]:
         """What the results of ``items`` carry besides their recognition: state, seq (per stream, counting on
@@ -482,7 +536,8 @@ class InferenceWorker:
                       len(items), kind, exc, kind, exc_info=exc)
 
     def _finish_streams(self) -> None:
-        for sid in [sid for sid in self._ending if not self.batcher.pending(sid)]:
+        picked = set() if self._picked is None else {item.stream_id for item in self._picked.items}
+        for sid in [sid for sid in self._ending if not self.batcher.pending(sid) and sid not in picked]:
             self._ending.discard(sid)
             self.batcher.remove_stream(sid)  # nothing waits; a stream that comes back starts a new turn
             info = self.streams.get(sid)

@@ -30,7 +30,7 @@ import numpy as np
 
 from config import VidrecConfig
 from models.gallery_watch import GalleryWatcher
-from models.shitu import RecognizedBox, ShituSystem, StageTimes
+from models.shitu import DetectedBatch, RecognizedBox, ShituSystem, StageTimes
 from models.tracking import FrameMeta, TrackChange, TrackedSystem, TrackingParams
 from stream.clockcode import decode_clock
 from stream.frames import Frame
@@ -131,10 +131,16 @@ class RecognitionStep:
         gallery = self.system.gallery
         return 0 if gallery is None else gallery.size
 
+    def detect(self, frames: Sequence[Frame]) -> DetectedBatch:
+        """The detector over ``frames``, ahead of ``run`` (workers/detect_ahead.py calls it on its own thread
+        while the batch before is recognised). Touches no state: no tracks, no gallery."""
+        return self.system.detect([f.image_bgr for f in frames])
+
     def run(self, frames: Sequence[Frame], contexts: Sequence[FrameContext] | None = None, *,
-            batch_started: float | None = None) -> RecognizedBatch:
+            batch_started: float | None = None, detected: DetectedBatch | None = None) -> RecognizedBatch:
         """Recognise ``frames`` (one batch; ``contexts`` one per frame, or none). ``batch_started``: wall-clock
-        time the caller's batch started, for ``queue``. Model errors propagate: the caller decides what a failed
+        time the caller's batch started, for ``queue``; ``detected``: the batch's detections made ahead by
+        ``detect`` (else the detector runs here). Model errors propagate: the caller decides what a failed
         batch means."""
         if contexts is None:
             contexts = [NO_CONTEXT] * len(frames)
@@ -146,11 +152,12 @@ class RecognitionStep:
         events: list[TrackEvent] = []
         thumbnails: TrackThumbnails = {}
         if self.tracked is None:
-            recognition = self.system.run(images)
+            recognition = self.system.run(images, detected)
             boxes_per_frame, times, version = recognition.boxes, recognition.times, recognition.gallery_version
             crops = recognition.crops or [0] * len(frames)
         else:
-            tracked = self.tracked.run(images, [FrameMeta(f.stream_id, f.index, f.pts, f.capture_time) for f in frames])
+            tracked = self.tracked.run(images, [FrameMeta(f.stream_id, f.index, f.pts, f.capture_time) for f in frames],
+                                       detected)
             boxes_per_frame, times, version, crops = tracked.boxes, tracked.times, tracked.gallery_version, tracked.crops
             for frame, context, changes in zip(frames, contexts, tracked.changes):
                 events.extend(self._event(change, frame.stream_id, context.run_id) for change in changes)

@@ -14,19 +14,21 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
 from config import VidrecConfig
-from models.shitu import ShituSystem
+from models.shitu import DetectedBatch, ShituSystem
 from stream.frames import Frame
 from stream.sinks import ResultSink
 from stream.sinks.video import AnnotatedVideoWriter
 from stream.sources import FrameSource, open_source
 from workers.outputs import SinkTargets, open_sinks, open_track_sinks
+from workers.detect_ahead import DetectAhead
 from workers.node_id import node_id
-from workers.recognition import RecognitionStep
+from workers.recognition import RecognitionStep, RecognizedBatch
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,25 @@ def batched(frames: Iterator[Frame], size: int) -> Iterator[list[Frame]]:
         yield batch
 
 
+def recognized_batches(step: RecognitionStep, batches: Iterator[list[Frame]], *,
+                       ahead: bool) -> Iterator[tuple[list[Frame], RecognizedBatch]]:
+    """Each batch with its recognition, in order; with ``ahead``, batch N+1 is decoded and detected
+    (workers/detect_ahead.py) while batch N is tracked, embedded and searched."""
+    if not ahead:
+        for frames in batches:
+            yield frames, step.run(frames)
+        return
+    with DetectAhead(step) as detector:
+        pending: tuple[list[Frame], Future[DetectedBatch]] | None = None
+        for frames in batches:
+            upcoming = (frames, detector.submit(frames))
+            if pending is not None:
+                yield pending[0], step.run(pending[0], detected=pending[1].result())
+            pending = upcoming
+        if pending is not None:
+            yield pending[0], step.run(pending[0], detected=pending[1].result())
+
+
 def run_video_job(
     cfg: VidrecConfig,
     system: ShituSystem,
@@ -89,8 +110,8 @@ def run_video_job(
             bar = tqdm(total=source.frame_count, unit="frame", desc=source.stream_id, file=sys.stderr)
         step = RecognitionStep.from_config(cfg, system, class_names=class_names)
         step.node = node_id(cfg.Cluster.node, None)  # the configured id, else <host>:<pid>: who made the file
-        for frames in batched(iter(source), cfg.Global.batch_size):
-            recognized = step.run(frames)
+        for frames, recognized in recognized_batches(step, batched(iter(source), cfg.Global.batch_size),
+                                                     ahead=cfg.Detector.run_ahead):
             for frame, result in zip(frames, recognized.results):
                 for sink in sinks:
                     sink.write(result)

@@ -28,7 +28,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from models.shitu import CropAnswers, RecognizedBox, ShituSystem, StageTimes, accepted, crop_boxes
+from models.shitu import CropAnswers, DetectedBatch, RecognizedBox, ShituSystem, StageTimes, accepted, crop_boxes
 from models.tracking.tracker import TimeWentBack
 from models.tracking.tracks import FramePlan, StreamTracks, TrackChange, TrackingParams
 
@@ -80,16 +80,21 @@ class TrackedSystem:
         self._next_ids[stream_id] = tracks.tracker.next_id
         return changes
 
-    def run(self, images_bgr: Sequence[np.ndarray], frames: Sequence[FrameMeta]) -> TrackedBatch:
+    def run(self, images_bgr: Sequence[np.ndarray], frames: Sequence[FrameMeta],
+            detected: DetectedBatch | None = None) -> TrackedBatch:
+        """Track and recognise a batch; ``detected``: its detections made ahead (``ShituSystem.detect``)."""
         if len(images_bgr) != len(frames):
             raise ValueError(f"{len(images_bgr)} image(s) but {len(frames)} frame description(s)")
         system, times = self.system, StageTimes()
+        if detected is None:
+            detected = system.detect(images_bgr)
+        if len(detected.detections) != len(images_bgr):
+            raise ValueError(f"{len(images_bgr)} image(s) but detections for {len(detected.detections)}")
         gallery = system.gallery  # one gallery for the whole batch, even if it is swapped meanwhile
         version = None if gallery is None else gallery.version
         recognize = gallery is not None and system.recognizer is not None
-        t0 = time.perf_counter()
-        detections = system.detector.detect(images_bgr)
-        times.detect = (time.perf_counter() - t0) * 1000
+        detections = detected.detections
+        times.detect = detected.ms
 
         t1 = time.perf_counter()
         changes: list[list[TrackChange]] = [[] for _ in frames]
