@@ -221,7 +221,7 @@ class Api:
 
 def metrics_rss(text: str) -> dict[str, int]:
     return {m.group(1): int(float(m.group(2))) for m in re.finditer(
-        r'^vidrec_process_resident_memory_bytes\{process="([^"]+)"\}\s+(\S+)', text, re.MULTILINE)}
+        r'^vidrec_process_resident_memory_bytes\{(?:node="[^"]*",)?process="([^"]+)"\}\s+(\S+)', text, re.MULTILINE)}
 
 
 # ------------------------------------------------------------------------------------------ the file loop --

@@ -136,7 +136,7 @@ class KafkaSection(Section):
     ssl_keyfile: str | None = Field(None, min_length=1, description="Client key (PEM, unencrypted) for ssl_certfile.")
     # The live service's spool (stream/sinks/spool.py): results wait here until the broker acknowledged them.
     spool_memory_results: int = Field(10_000, ge=2, le=10_000_000, description="`vidrec serve`: results waiting for Kafka kept in memory; more go to disk.")
-    spool_dir: str | None = Field(None, min_length=1, description="`vidrec serve`: folder for the spool's segment files (emptied at start); null: a new folder in the system's temp dir.")
+    spool_dir: str | None = Field(None, min_length=1, description="`vidrec serve`: this node's own folder for the spool's segment files; what a killed earlier run left there is published first, with its own run_id and seq (docs/robustness.md). null: the system's temp dir, and nothing outlives the run.")
     spool_max_bytes: int = Field(512 * 1024 * 1024, ge=0, description="`vidrec serve`: most bytes of spooled results on disk (0: memory only); beyond it the oldest are dropped and counted.")
 
     @model_validator(mode="after")

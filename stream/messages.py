@@ -69,6 +69,8 @@ class FrameResult:
     # consumer drops a repeat (same run_id, stream_id, seq) and sees a gap as results lost (and counted).
     seq: int | None = None
     run_id: str | None = None
+    # The node that made it (``Cluster.node``): in a cluster a stream moves between nodes, and its run_id with it.
+    node: str | None = None
 
     def __post_init__(self) -> None:
         if "total" not in self.latency_ms:
@@ -88,7 +90,7 @@ class FrameResult:
             for obj in data["objects"]
         ]
         data["latency_ms"] = {k: round(float(v), 3) for k, v in self.latency_ms.items()}
-        for optional in ("stream_state", "seq", "run_id"):
+        for optional in ("stream_state", "seq", "run_id", "node"):
             if data[optional] is None:
                 del data[optional]  # optional: messages without them stay byte-identical to before
         return data

@@ -45,6 +45,7 @@ class TrackEvent:
     previous_label: str | None = None
     reason: str | None = None
     run_id: str | None = None
+    node: str | None = None  # the node that made it, as in the frame results
     schema_version: int = field(default=TRACK_EVENT_SCHEMA_VERSION)
 
     def __post_init__(self) -> None:

@@ -29,10 +29,20 @@ from tests.serve_helpers import free_port
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-def metric_samples(text: str) -> Samples:
-    """Every sample of a /metrics text (histograms give their _bucket, _sum and _count samples)."""
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+def metric_samples(text: str, node: str | None = None) -> Samples:
+    """Every sample of a /metrics text (histograms give their _bucket, _sum and _count samples), keyed without
+    the ``node`` label, which every series of one vidrec node carries with one value (checked here; ``node``:
+    which)."""
+    samples: Samples = {}
+    nodes: set[str | None] = set()
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = dict(s.labels)
+            nodes.add(labels.pop("node", None))
+            samples[(s.name, tuple(sorted(labels.items())))] = s.value
+    assert len(nodes) == 1 and None not in nodes, f"every series carries the same node label, got {nodes}"
+    assert node is None or nodes == {node}, f"node label {nodes}, expected {node!r}"
+    return samples
 
 
 def tool(name: str) -> str:

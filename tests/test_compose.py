@@ -186,16 +186,24 @@ def test_vidrec_config_matches_the_compose_services(compose_bin: Path) -> None:
     cfg = load_config(REPO / "docker" / "vidrec.yaml", [])
     services = resolved(compose_bin)["services"]
     assert cfg.Kafka.bootstrap == "kafka:9092"
+    # The nodes join one cluster by default, and spool where a restarted one finds what a killed one left.
+    for service in ("vidrec", "vidrec-gpu"):
+        assert resolved(compose_bin, "gpu")["services"][service]["environment"]["VIDREC_CLUSTER"] == "vidrec"
+    cache = next(v["target"] for v in services["vidrec"]["volumes"] if v["type"] == "volume")
+    assert cfg.Kafka.spool_dir and Path(cfg.Kafka.spool_dir).is_relative_to(cache), cfg.Kafka.spool_dir
     assert cfg.Redis.url == "redis://redis:6379/0"
     assert (cfg.Service.http_host, cfg.Service.http_port) == ("0.0.0.0", 8080)
-    assert any(port["target"] == 8080 and port["host_ip"] == "127.0.0.1" for port in services["vidrec"]["ports"])
-    # The stream is the sample camera's path, on the rtsp service.
-    (stream,) = cfg.streams
-    url = urlsplit(stream.url)
-    assert (url.scheme, url.hostname, url.port) == ("rtsp", "rtsp", 8554)
+    # Scalable: loopback only, and no fixed host port (replicas would collide on it).
+    (port,) = services["vidrec"]["ports"]
+    assert (port["target"], port["host_ip"], port.get("published") or "") == (8080, "127.0.0.1", ""), port
+    # The streams are the sample cameras' paths, on the rtsp service: one per node of --scale vidrec=3.
+    assert len(cfg.streams) == 3
     mediamtx = yaml.safe_load((REPO / "docker" / "mediamtx.yml").read_text())
-    path = mediamtx["paths"][url.path.lstrip("/")]
-    assert "/samples/bikes.mp4" in path["runOnInit"] and "-c copy" in path["runOnInit"]
+    for stream in cfg.streams:
+        url = urlsplit(stream.url)
+        assert (url.scheme, url.hostname, url.port) == ("rtsp", "rtsp", 8554)
+        path = mediamtx["paths"][url.path.lstrip("/")]
+        assert "/samples/bikes.mp4" in path["runOnInit"] and "-c copy" in path["runOnInit"]
     assert any(v["source"] == str(REPO / "samples" / "bikes.mp4") and v["target"] == "/samples/bikes.mp4"
                for v in services["rtsp"]["volumes"])
 
@@ -239,7 +247,9 @@ def test_prometheus_config_is_valid_and_scrapes_vidrec() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     config = yaml.safe_load(path.read_text())
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "vidrec"]
-    assert job["static_configs"][0]["targets"] == ["vidrec:8080"]
+    # Every replica of the service, by DNS (one A record per container), not one fixed target.
+    assert "static_configs" not in job
+    assert job["dns_sd_configs"] == [{"names": ["vidrec"], "type": "A", "port": 8080, "refresh_interval": "10s"}]
     assert job.get("scrape_interval", config["global"]["scrape_interval"]) == "5s"
 
 
@@ -249,7 +259,8 @@ def test_prometheus_config_is_valid_and_scrapes_vidrec() -> None:
 @pytest.mark.timeout(300)
 def test_start_script_builds_the_gallery_and_serves(tmp_path: Path, model_dir: Path, kafka_bootstrap: str,
                                                     redis_url: str, rtsp_base: str) -> None:
-    """docker/vidrec-start.sh with docker/vidrec.yaml, its hosts pointed at the test services."""
+    """docker/vidrec-start.sh with docker/vidrec.yaml, its hosts pointed at the test services, as one node of a
+    cluster of its own (VIDREC_CLUSTER, as docker-compose.yml sets it): it runs every camera itself."""
     config = yaml.safe_load((REPO / "docker" / "vidrec.yaml").read_text())
     port = free_port()
     config["Kafka"]["bootstrap"] = kafka_bootstrap
@@ -259,7 +270,7 @@ def test_start_script_builds_the_gallery_and_serves(tmp_path: Path, model_dir: P
     # The container's /app is the repo: its gallery root /app/samples/gallery is the repo's samples/gallery.
     assert config["Service"]["gallery_image_root"] == "/app/samples/gallery"
     config["Service"].update(http_host="127.0.0.1", http_port=port, gallery_image_root=str(REPO / "samples" / "gallery"))
-    config["streams"][0]["url"] = f"{rtsp_base}/bikes"
+    config["streams"] = [{"id": "bikes", "url": f"{rtsp_base}/bikes"}]  # one camera is enough here
     index_dir = tmp_path / "sample_index"
     config["IndexProcess"]["index_dir"] = str(index_dir)
     config_path = tmp_path / "vidrec.yaml"
@@ -267,7 +278,7 @@ def test_start_script_builds_the_gallery_and_serves(tmp_path: Path, model_dir: P
 
     token = uuid.uuid4().hex
     env = {k: v for k, v in os.environ.items() if k != "VIDREC_DEBUG"}
-    env.update(VIDREC_API_TOKEN=token, PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", VIDREC_CONFIG=str(config_path),
+    env.update(VIDREC_API_TOKEN=token, VIDREC_CLUSTER=f"compose-{uuid.uuid4().hex[:8]}", PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", VIDREC_CONFIG=str(config_path),
                VIDREC_SAMPLE_INDEX=str(index_dir), VIDREC_MODEL_DIR=str(model_dir))
     log_path = tmp_path / "start.log"
     with log_path.open("w") as log:
@@ -283,6 +294,7 @@ def test_start_script_builds_the_gallery_and_serves(tmp_path: Path, model_dir: P
         stream = wait_for(lambda: (s := api.stream("bikes")) and s["counters"]["published"].get("kafka", 0) > 0 and s,
                           60, "results of the bikes stream in Kafka", every_s=0.5)
         assert stream["state"] == "live", stream
+        assert api.api("GET", "/cluster").status == 200, "started as a node of its cluster"
         # The gallery API reads images under gallery_image_root, by a path relative to it.
         added = api.api("POST", "/gallery/items", {"items": [{"path": "taxi_f36.jpg", "label": "taxi (api)"}]}, token=token)
         assert added.status == 201 and added.body["entries"] == 4, added

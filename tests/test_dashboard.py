@@ -138,16 +138,23 @@ def test_the_check_rejects_a_missing_schema_version_and_non_json(tmp_path: Path)
 # ---- 2. only documented metrics ------------------------------------------------------------------------------
 
 
+# docs/metrics.md says once, above its tables, that every series carries this label too.
+NODE_LABEL_DOC = "Every series also carries `node`"
+
+
 def documented_metrics() -> dict[str, dict[str, Any]]:
-    """name -> {"type", "labels": set, "values": set of backticked words in the row} from docs/metrics.md's tables."""
+    """name -> {"type", "labels": set, "values": set of backticked words in the row} from docs/metrics.md's tables
+    (with ``node``, which every series carries)."""
     metrics = {}
-    for line in METRICS_DOC.read_text().splitlines():
+    text = METRICS_DOC.read_text()
+    every = {"node"} if NODE_LABEL_DOC in text else set()
+    for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) != 4 or not re.fullmatch(r"`vidrec_\w+`", cells[0]):
             continue
         metrics[cells[0].strip("`")] = {
             "type": cells[1],
-            "labels": set(re.findall(r"`(\w+)`", cells[2])),
+            "labels": set(re.findall(r"`(\w+)`", cells[2])) | every,
             "values": set(re.findall(r"`([^`]+)`", cells[3])),
         }
     return metrics
@@ -225,6 +232,10 @@ def test_every_query_uses_only_documented_metrics_and_labels() -> None:
             if not any(value in metrics[m]["values"] for m in known if label in metrics[m]["labels"]):
                 problems.append(f"{where}: {label}={value!r} is not a documented value")
     assert not problems, "\n".join(problems)
+    # Every selector follows the node variable, so picking a node shows that node alone.
+    unfiltered = [(where, expr) for where, expr in exprs if where != "variable 'node'"
+                  for sel in re.findall(r"\bvidrec_\w+(\{[^}]*\})?", expr) if 'node=~"$node"' not in sel]
+    assert not unfiltered, unfiltered
     # The panels the dashboard promises are there.
     for metric in ("vidrec_stream_state", "vidrec_frames_processed_total", "vidrec_frames_dropped_total",
                    "vidrec_e2e_latency_seconds", "vidrec_batch_size", "vidrec_batch_wait_seconds",
@@ -232,6 +243,8 @@ def test_every_query_uses_only_documented_metrics_and_labels() -> None:
                    "vidrec_stream_reconnects_total", "vidrec_gallery_version", "vidrec_gallery_entries",
                    "vidrec_process_cpu_seconds_total", "vidrec_process_resident_memory_bytes"):
         assert metric in used, f"no panel queries {metric}"
+    per_node = [t["expr"] for title, t in targets_of(load_dashboard(), PROMETHEUS_TYPE) if title == "Streams per node"]
+    assert per_node and all(re.search(r"\bby \(node\)", e) for e in per_node), per_node
 
 
 def test_a_query_with_an_undocumented_metric_is_caught() -> None:
@@ -247,8 +260,10 @@ def test_the_recognitions_panel_reads_the_service_through_infinity() -> None:
         "json", "url", "/recognitions", "labels"), title
     assert [(c["selector"], c["type"]) for c in target["columns"]] == [("label", "string"), ("count", "number")]
     assert target["datasource"]["uid"] == "vidrec-api"
-    stream_var = next(v for v in dashboard["templating"]["list"] if v["name"] == "stream")
-    assert stream_var["multi"] and stream_var["includeAll"]
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["stream"]["multi"] and variables["stream"]["includeAll"]
+    assert variables["node"]["multi"] and variables["node"]["includeAll"]
+    assert variables["node"]["query"]["query"] == "label_values(vidrec_info, node)"
 
 
 def datasource_refs(node: Any) -> Iterator[dict[str, Any]]:
@@ -297,7 +312,7 @@ ZERO_IS_HEALTHY = {"vidrec_sink_errors_total", "vidrec_decode_errors_total", "vi
 def substitute(expr: str) -> str:
     """Grafana's variables as the dashboard would send them with "All" streams and a 1 s scrape interval."""
     for name, value in (("$__rate_interval", RATE_INTERVAL), ("$__interval", "2s"), ("$__range", "1m"),
-                        ('"$stream"', '".*"'), ("${stream:regex}", ".*"), ("$stream", ".*")):
+                        ('"$stream"', '".*"'), ("${stream:regex}", ".*"), ("$stream", ".*"), ("$node", ".*")):
         expr = expr.replace(name, value)
     assert "$" not in expr, f"unsubstituted variable in {expr!r}"
     return expr
@@ -329,7 +344,7 @@ def test_every_panel_query_returns_data_from_a_live_service(
     serve = ServeProcess(
         ["--stream", f"bikes={rtsp_base}/bikes", "--stream", f"file={bikes_mp4}",
          "--kafka", kafka_bootstrap, "--topic", f"vidrec-dash-{uuid.uuid4().hex[:8]}", "--redis", redis_url,
-         "-o", f"Redis.key_prefix=vd{uuid.uuid4().hex[:6]}", *gallery],
+         "-o", f"Redis.key_prefix=vd{uuid.uuid4().hex[:6]}", "-o", "Cluster.node=dash-node", *gallery],
         log_path=tmp_path / "serve.log", http_port=port,
     )
     prometheus = PrometheusServer(tmp_path, [f"127.0.0.1:{port}"], scrape_interval_s=1)
@@ -343,9 +358,10 @@ def test_every_panel_query_returns_data_from_a_live_service(
         linted = promtool_check_metrics(scrape)
         assert linted.returncode == 0, f"promtool check metrics:\n{linted.stdout}{linted.stderr}"
 
-        # The stream variable lists both streams.
+        # The stream variable lists both streams; the node variable the service's node.
         wait_for(lambda: {"bikes", "file"} <= set(prometheus.label_values("stream", "vidrec_stream_state")), 60,
                  "both streams in label_values(vidrec_stream_state, stream)", every_s=0.5)
+        assert prometheus.label_values("node", "vidrec_info") == ["dash-node"]
 
         # Every panel query answers once a few scrapes are in: a finite value, a positive one unless zero is the
         # healthy value of what it counts (errors, drops...), and every stream where it is grouped by stream.

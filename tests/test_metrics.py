@@ -63,7 +63,7 @@ def _service_metrics() -> m.ServiceMetrics:
         version="0.1.0", run_id="abc", streams=[stream],
         sinks=[m.SinkMetrics("kafka", published=3, errors=1, dropped=0, spool={"memory": 2})],
         batches=1, batch_size=size, batch_wait=None, inference={}, gallery_entries=12, gallery_version=3, gallery_load_errors=0,
-        processes={"supervisor": os.getpid(), "inference": None}, restarts={"inference": 0},
+        processes={"supervisor": os.getpid(), "inference": None}, restarts={"inference": 0}, node="gpu-7:8080",
     )
 
 
@@ -73,7 +73,7 @@ def _exposition() -> str:
 
 def test_exposition_has_the_documented_names_and_values() -> None:
     text = _exposition()
-    samples = metric_samples(text)
+    samples = metric_samples(text, node="gpu-7:8080")  # every series carries the node
     assert samples[("vidrec_stream_state", (("state", "stalled"), ("stream", "cam-1")))] == 1
     assert samples[("vidrec_stream_state", (("state", "live"), ("stream", "cam-1")))] == 0
     assert samples[("vidrec_frames_dropped_total", (("reason", "backlog"), ("stream", "cam-1")))] == 4

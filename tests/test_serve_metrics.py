@@ -50,7 +50,7 @@ def test_counts_on_the_metrics_agree_with_kafka_and_reads_need_the_token(
     serve = ServeProcess(
         ["--stream", f"bikes={repo_dir / 'samples' / 'bikes.mp4'}", "--kafka", kafka_bootstrap, "--topic", topic,
          "--redis", redis_url, "-o", f"Redis.key_prefix=vm{uuid.uuid4().hex[:6]}", "-o", "Service.http_read_auth=True",
-         *gallery],
+         "-o", "Cluster.node=metrics-node-1", *gallery],
         log_path=tmp_path / "serve.log", http_port=free_port(), env={"VIDREC_API_TOKEN": TOKEN},
     )
     reader: TopicReader | None = None
@@ -95,6 +95,10 @@ def test_counts_on_the_metrics_agree_with_kafka_and_reads_need_the_token(
         assert samples[("vidrec_gallery_version", ())] == 1 and samples[("vidrec_gallery_entries", ())] == 3
         assert samples[("vidrec_process_resident_memory_bytes", (("process", "inference"),))] > 50e6
         assert samples[("vidrec_process_cpu_seconds_total", (("process", "inference"),))] > 0
+
+        # Every series and every result names the node.
+        metric_samples(get(serve.base, "/metrics", token=TOKEN)[1].decode(), node="metrics-node-1")
+        assert {m.value["node"] for m in reader.of("bikes")} == {"metrics-node-1"}
 
         # Detected/recognised counts and the per-label table equal what the Kafka messages say.
         objects = [o for m in reader.of("bikes") for o in m.value["objects"]]
@@ -151,9 +155,8 @@ def test_gallery_api_needs_the_token_and_a_new_entry_reaches_the_running_camera(
         assert serve.api("GET", "/gallery").body["labels"] == {"taxi": 1, "cyclist": 1, "parked bicycle": 1}
         wait_for(lambda: any(m.value["gallery_version"] == 2 for m in reader.of("cam")), 60,
                  "the camera's results named by gallery version 2")
-        wait_for(lambda: b"vidrec_gallery_version 2.0" in get(serve.base, "/metrics")[1], 30,
-                 "gallery version 2 on /metrics")
-        assert b"vidrec_gallery_entries 3.0" in get(serve.base, "/metrics")[1]
+        wait_for(lambda: scrape(serve.base)[("vidrec_gallery_version", ())] == 2, 30, "gallery version 2 on /metrics")
+        assert scrape(serve.base)[("vidrec_gallery_entries", ())] == 3
         removed = serve.api("DELETE", "/gallery/items", {"labels": ["taxi"]}, token=TOKEN)
         assert removed.status == 200 and removed.body["removed"] == 1, removed
         assert serve.terminate() == 0, serve.log_text()[-3000:]

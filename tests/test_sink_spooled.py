@@ -3,6 +3,8 @@ predecessor spooled on disk goes out first; with no broker, results wait in the 
 (Kafka stopped and started under a running service: tests/test_outages.py.)"""
 from __future__ import annotations
 
+import multiprocessing
+import os
 import uuid
 from pathlib import Path
 
@@ -62,10 +64,18 @@ def test_every_result_reaches_the_topic_in_order_and_is_counted(tmp_path: Path, 
 
 
 @pytest.mark.timeout(120)
-def test_what_a_dead_predecessor_spooled_goes_out_first(tmp_path: Path, kafka_bootstrap: str) -> None:
-    dead = Spool(1, tmp_path / "dead", disk_max_bytes=DISK, segment_bytes=DISK // 4)
+def _spool_and_die(directory: Path) -> None:
+    dead = Spool(1, directory, disk_max_bytes=DISK, segment_bytes=DISK // 4)
     for result in _results(("cam",), 20):
         dead.put(result)  # frame 0 in memory (lost with the process), 1..19 on disk
+    os._exit(0)  # as SIGKILL: nothing closed; the kernel drops the spool's lock
+
+
+def test_what_a_dead_predecessor_spooled_goes_out_first(tmp_path: Path, kafka_bootstrap: str) -> None:
+    child = multiprocessing.get_context("fork").Process(target=_spool_and_die, args=(tmp_path / "dead",))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
     topic = _fresh_topic()
     spool = Spool(20, tmp_path / "successor", disk_max_bytes=DISK, segment_bytes=DISK // 4, adopt=[tmp_path / "dead"])
     assert spool.adopted == 19

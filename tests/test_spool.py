@@ -2,6 +2,9 @@
 results that are being delivered are never the ones dropped."""
 from __future__ import annotations
 
+import multiprocessing
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -125,11 +128,24 @@ def test_bad_bounds_are_refused(tmp_path: Path) -> None:
         Spool(memory_max=1, directory=tmp_path, disk_max_bytes=10, segment_bytes=1024)
 
 
+def _spool_and_die(directory: Path, n: int) -> None:
+    """In a child process: spool ``n`` results, then die without closing anything (as SIGKILL would)."""
+    spool = Spool(memory_max=2, directory=directory, disk_max_bytes=64 * 1024, segment_bytes=1024)
+    for i in range(n):
+        spool.put(result(i, "a" if i % 2 else "b"))
+    os._exit(0)
+
+
+def spooled_by_a_dead_process(directory: Path, n: int) -> None:
+    child = multiprocessing.get_context("fork").Process(target=_spool_and_die, args=(directory, n))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+
+
 def test_a_dead_predecessors_segments_come_first_and_a_torn_line_is_cut(tmp_path: Path) -> None:
-    old = Spool(memory_max=2, directory=tmp_path / "old", disk_max_bytes=64 * 1024, segment_bytes=1024)
-    for i in range(12):
-        old.put(result(i, "a" if i % 2 else "b"))
-    # The worker dies here: its memory part (0, 1) is gone, its segments stay; the last line is half written.
+    # The worker dies: its memory part (0, 1) is gone, its segments stay; the last line is half written.
+    spooled_by_a_dead_process(tmp_path / "old", 12)
     newest = sorted((tmp_path / "old").glob("segment-*.jsonl"))[-1]
     with newest.open("ab") as f:
         f.write(result(12).to_json().encode()[:40])
@@ -141,6 +157,35 @@ def test_a_dead_predecessors_segments_come_first_and_a_torn_line_is_cut(tmp_path
     got = drain_in_batches(new, 4)
     assert indices(got) == list(range(2, 12)) + [100]
     assert [r.to_json() for r in got[:10]] == [result(i, "a" if i % 2 else "b").to_json() for i in range(2, 12)]
+
+
+def test_a_live_spools_folder_is_never_adopted_and_cannot_be_opened_twice(tmp_path: Path) -> None:
+    live = Spool(memory_max=1, directory=tmp_path / "live", disk_max_bytes=8192, segment_bytes=4096)
+    for i in range(3):
+        live.put(result(i))
+    other = Spool(memory_max=1, directory=tmp_path / "other", disk_max_bytes=8192, segment_bytes=4096,
+                  adopt=[tmp_path / "live"])
+    assert other.adopted == 0 and len(live) == 3, "its lock is held: it is alive"
+    with pytest.raises(OSError, match="in use by another process"):
+        Spool(memory_max=1, directory=tmp_path / "live", disk_max_bytes=8192, segment_bytes=4096)
+    assert indices(drain_in_batches(live, 2)) == [0, 1, 2]
+    live.close()
+    other.close()
+    assert not (tmp_path / "live").exists() and not (tmp_path / "other").exists(), "lock files go with the folders"
+
+
+def test_leftover_folders_are_other_runs_oldest_first(tmp_path: Path) -> None:
+    from stream.sinks.spool import leftover_spool_dirs, spool_dir
+
+    for label, age in (("new1", 10), ("old1.2", 300), ("mid1", 100), ("now", 0)):
+        folder = spool_dir(tmp_path, label)
+        folder.mkdir()
+        segment = folder / "segment-00000000.jsonl"
+        segment.write_text(result(0).to_json() + "\n")
+        os.utime(segment, (time.time() - age, time.time() - age))
+    spool_dir(tmp_path, "old1", "kafka.tracks").mkdir()  # another sink's: not this one's
+    assert [d.name for d in leftover_spool_dirs(tmp_path, exclude_run="now")] == [
+        "vidrec-spool-old1.2-kafka", "vidrec-spool-mid1-kafka", "vidrec-spool-new1-kafka"]
 
 
 def test_track_events_spool_through_disk_too(tmp_path: Path) -> None:

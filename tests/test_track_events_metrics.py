@@ -44,7 +44,7 @@ def test_tracks_and_crops_on_the_metrics_across_inference_restarts(reports: list
     stream = views.stream_metrics(entry, totals)
     service = m.ServiceMetrics(version="0", run_id="r", streams=[stream], sinks=[], batches=0, batch_size=None,
                                batch_wait=None, inference={}, gallery_entries=0, gallery_version=None,
-                               gallery_load_errors=0, processes={}, restarts={})
+                               gallery_load_errors=0, processes={}, restarts={}, node="n1")
     samples = metric_samples(m.render(m.ServiceCollector(lambda: service)).decode())
     got = tuple(samples[("vidrec_tracks_total", (("event", kind), ("stream", "cam")))]
                 for kind in ("started", "labelled", "ended"))

@@ -122,6 +122,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="image size: boxes are clipped to it as in `vidrec video` (default: no clipping, any box is kept whole)",
     )
 
+    consume = commands.add_parser(
+        "consume", help="read results (and track events) from Kafka: repeats dropped, gaps reported",
+        description="The reference consumer of vidrec's topics (workers/consume_job.py: the one to copy). Prints one "
+        "line per result or track event, a line for each gap in a stream's seq, or with --summary one line per "
+        "stream at the end. Copies started with the same --group share the partitions.",
+    )
+    _add_config_args(consume)
+    consume.add_argument("--kafka", metavar="HOST:PORT", help="Kafka bootstrap server (default: Kafka.bootstrap)")
+    consume.add_argument("--topic", action="append", metavar="T",
+                         help="topic to read, repeatable: the results' or the track events' (default: Kafka.topic)")
+    consume.add_argument("--group", metavar="G", help="consumer group: copies with one group share the partitions "
+                         "and resume from its committed offsets (default: no group, every partition from the start)")
+    consume.add_argument("--stream", metavar="ID", help="only this stream's messages")
+    consume.add_argument("--summary", action="store_true", help="no line per message: one line per stream at the end")
+    consume.add_argument("--idle-exit", type=_positive_float, metavar="S",
+                         help="stop after S seconds without a message (default: run until Ctrl-C or SIGTERM)")
+
     config = commands.add_parser("config", help="show the effective configuration")
     _add_config_args(config)
     return parser
@@ -224,6 +241,19 @@ def _cmd_track(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_consume(args: argparse.Namespace) -> int:
+    from stream.sinks.kafka import kafka_security_kwargs
+    from workers.consume_job import run_consume
+
+    cfg = load_config(args.config, args.overrides)
+    bootstrap = args.kafka or cfg.Kafka.bootstrap
+    if not bootstrap:
+        raise ConfigError("no Kafka to read: give --kafka HOST:PORT or set Kafka.bootstrap")
+    return run_consume(bootstrap, args.topic or [cfg.Kafka.topic], group=args.group, stream=args.stream,
+                       summary=args.summary, idle_exit_s=args.idle_exit, security=kafka_security_kwargs(cfg.Kafka),
+                       connect_timeout_s=cfg.Kafka.connect_timeout_s)
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
@@ -232,7 +262,8 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"video": _cmd_video, "serve": _cmd_serve, "gallery": _cmd_gallery, "models": _cmd_models, "track": _cmd_track, "config": _cmd_config}
+COMMANDS = {"video": _cmd_video, "serve": _cmd_serve, "gallery": _cmd_gallery, "models": _cmd_models, "track": _cmd_track,
+            "consume": _cmd_consume, "config": _cmd_config}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -152,6 +152,7 @@ class TrackEventBody(_Body):
     previous_label: str | None
     reason: str | None
     run_id: str | None
+    node: str | None = None
     schema_version: int
 
 

@@ -5,6 +5,9 @@ plain data, so they travel in its stats messages) and the ingest processes keep 
 ``Service.stats_interval_s``. The supervisor's ``ServiceCollector`` turns the newest reports into metric
 families at scrape time: one registry, in one process, whatever the number of workers; a restarted worker's
 earlier counts are kept by the supervisor (workers/run_totals.py), so counters never go backwards.
+
+Every series carries a ``node`` label (``Cluster.node``): one Prometheus scrapes many nodes, and a stream that moves
+between them is told apart by it. It is added in one place, ``ServiceCollector.collect``, so no family can miss it.
 """
 from __future__ import annotations
 
@@ -135,6 +138,7 @@ class ServiceMetrics:
     gallery_load_errors: int
     processes: dict[str, int | None]  # name -> pid (None: not running now)
     restarts: dict[str, int]
+    node: str = ""  # Cluster.node: the ``node`` label of every series
 
 
 class ServiceCollector(Collector):
@@ -145,13 +149,18 @@ class ServiceCollector(Collector):
 
     def collect(self) -> Iterable[Any]:
         m = self._snapshot()
-        yield from _stream_families(m.streams)
-        yield from _inference_families(m)
-        yield from _sink_families(m.sinks)
-        yield from _process_families(m)
         info = GaugeMetricFamily("vidrec_info", "vidrec build and run", labels=["version", "run_id"])
         info.add_metric([m.version, m.run_id], 1)
-        yield info
+        families = (*_stream_families(m.streams), *_inference_families(m), *_sink_families(m.sinks),
+                    *_process_families(m), info)
+        for family in families:
+            yield with_label(family, "node", m.node)
+
+
+def with_label(family: Any, name: str, value: str) -> Any:
+    """``family`` with ``name=value`` first on every sample (a family's samples are plain named tuples)."""
+    family.samples = [s._replace(labels={name: value, **s.labels}) for s in family.samples]
+    return family
 
 
 def _histogram(family: HistogramMetricFamily, labels: Sequence[str], hist: Histogram) -> None:

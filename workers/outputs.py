@@ -27,7 +27,7 @@ from stream.sinks.async_sink import AsyncSink
 from stream.sinks.jsonl import JsonlSink
 from stream.sinks.kafka import KafkaSink, kafka_security_kwargs
 from stream.sinks.redis import RedisSink, RedisTrackSink, redis_auth_kwargs
-from stream.sinks.spool import Spool, spool_dir, spool_dirs_of_run
+from stream.sinks.spool import Spool, leftover_spool_dirs, spool_dir, spool_dirs_of_run
 from stream.sinks.spooled import SpooledSink
 from stream.sinks.threaded import ThreadedSink
 from stream.track_events import TrackEvent
@@ -127,14 +127,16 @@ def _spooled(sink: KafkaSink, cfg: VidrecConfig, *, run_id: str, incarnation: in
     directory, adopt = None, []
     if k.spool_max_bytes > 0:
         directory = spool_dir(spool_base(k), result_run_id(run_id, incarnation), name)
-        # A restarted worker takes over what its dead predecessors had spooled on disk.
-        adopt = [d for d in spool_dirs_of_run(spool_base(k), run_id, name) if d != directory]
+        # What a killed earlier run left in this node's own spool_dir goes first (only there: the shared temp
+        # dir may hold other services' spools, for other topics), then what this run's dead workers left.
+        earlier = leftover_spool_dirs(k.spool_dir, name, exclude_run=run_id) if k.spool_dir else []
+        adopt = earlier + [d for d in spool_dirs_of_run(spool_base(k), run_id, name) if d != directory]
     segment = max(64 * 1024, min(4 * 1024 * 1024, k.spool_max_bytes // 4))
     spool = Spool(k.spool_memory_results, directory, disk_max_bytes=k.spool_max_bytes, segment_bytes=segment,
                   adopt=adopt, decode=decode)
     if spool.adopted:
-        log.warning("%s spool: %d message(s) a previous inference worker left on disk go out first", name,
-                    spool.adopted)
+        log.warning("%s spool: %d message(s) a killed earlier run or inference worker left on disk go out first",
+                    name, spool.adopted)
     return SpooledSink(sink, name=name, spool=spool, batch_max=min(500, k.spool_memory_results // 2),
                        on_written=on_written)
 

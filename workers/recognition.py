@@ -5,7 +5,7 @@ worker (workers/inference.py). Per batch it picks up a newly saved gallery versi
 named by one version), runs the detector, recognizer and gallery search (``ShituSystem``), and builds each
 frame's result once, complete: boxes and labels, ``gallery_version``, ``latency_ms`` and whatever the caller
 knows about the frame (``FrameContext``: the live service's stream state, ``seq`` and ``run_id``, whether the
-pixels carry a wall-clock stamp). Results are never changed after this.
+pixels carry a wall-clock stamp) and the ``node`` that made it. Results are never changed after this.
 
 ``latency_ms``, in this order: ``decode`` (the source's), ``detect``, ``recognize``, ``search``, ``post`` (the
 batch's stage times), ``total`` (capture → results ready, i.e. handed to the sinks), then ``queue`` (capture →
@@ -94,18 +94,21 @@ def gallery_watcher(cfg: VidrecConfig, system: ShituSystem, *, interval_s: float
 
 class RecognitionStep:
     """``system`` run over batches of frames, with ``watcher`` (if any) swapping in new gallery versions;
-    ``class_names`` name the detector's class ids in the results."""
+    ``class_names`` name the detector's class ids in the results; ``node`` (``Cluster.node``) goes into every result
+    and track event, so a consumer of a cluster's topic knows which node made it."""
 
     def __init__(self, system: ShituSystem, *, class_names: Sequence[str], watcher: GalleryWatcher | None = None,
-                 tracking: TrackingParams | None = None) -> None:
+                 tracking: TrackingParams | None = None, node: str | None = None) -> None:
         self.system = system
+        self.node = node
         self.class_names = class_names
         self.watcher = watcher
         self.tracked = None if tracking is None else TrackedSystem(system, tracking)
 
     @classmethod
     def from_config(cls, cfg: VidrecConfig, system: ShituSystem, *, class_names: Sequence[str]) -> "RecognitionStep":
-        return cls(system, class_names=class_names, watcher=gallery_watcher(cfg, system), tracking=tracking_params(cfg))
+        return cls(system, class_names=class_names, watcher=gallery_watcher(cfg, system), tracking=tracking_params(cfg),
+                   node=cfg.Cluster.node)
 
     def end_stream(self, stream_id: str, reason: str, *, run_id: str | None = None,
                    thumbnails: TrackThumbnails | None = None) -> list[TrackEvent]:
@@ -197,6 +200,7 @@ class RecognitionStep:
             previous_label=change.previous_label,
             reason=change.reason,
             run_id=run_id,
+            node=self.node,
         )
 
     def _result(self, frame: Frame, boxes: Sequence[RecognizedBox], context: FrameContext, stamp: int | None,
@@ -240,4 +244,5 @@ class RecognitionStep:
             stream_state=context.stream_state,
             seq=context.seq,
             run_id=context.run_id,
+            node=self.node,
         )

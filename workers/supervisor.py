@@ -664,6 +664,7 @@ class Supervisor:
                 gallery_version=stats.gallery_version if stats else None,
                 gallery_load_errors=stats.gallery_load_errors if stats else 0,
                 processes=processes, restarts=dict(self._restart_totals),
+                node=self.cfg.Cluster.node or "",
             )
 
     def recognitions(self) -> dict[str, Any]:

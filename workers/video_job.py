@@ -27,6 +27,7 @@ from stream.sinks.video import AnnotatedVideoWriter
 from stream.sources import FrameSource, open_source
 from workers.outputs import SinkTargets, open_sinks, open_track_sinks
 from workers.detect_ahead import DetectAhead
+from workers.node_id import node_id
 from workers.recognition import RecognitionStep, RecognizedBatch
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ def run_video_job(
 
             bar = tqdm(total=source.frame_count, unit="frame", desc=source.stream_id, file=sys.stderr)
         step = RecognitionStep.from_config(cfg, system, class_names=class_names)
+        step.node = node_id(cfg.Cluster.node, None)  # the configured id, else <host>:<pid>: who made the file
         for frames, recognized in recognized_batches(step, batched(iter(source), cfg.Global.batch_size),
                                                      ahead=cfg.Detector.run_ahead):
             for frame, result in zip(frames, recognized.results):

@@ -9,12 +9,16 @@ deleted (with no disk configured: the oldest result in memory is), and what was 
 and returned, so the caller can say so.
 
 One writer thread and one reader thread may use it at once (a lock guards every method). The files are this
-spool's alone: ``directory`` is emptied when it opens and when it closes. ``adopt`` takes over the segment files
-a dead predecessor left in its own directories (a killed worker's disk part): they come first, in their order,
-and a line its writer did not finish is cut off.
+spool's alone: while it is open it holds an exclusive ``flock`` on ``directory/.lock``, and ``directory`` is
+emptied when it opens and when it closes. ``adopt`` takes over the segment files a dead predecessor left in its
+own directories (a killed worker's disk part, or a killed service's, found by ``leftover_spool_dirs``): they come
+first, in their order, and a line its writer did not finish is cut off. A directory whose lock another process
+holds is alive and is left alone: the lock, not a process id, tells a dead spool from a live one, and the kernel
+drops it the moment its holder dies, however it died.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
@@ -35,6 +39,7 @@ class Spoolable(Protocol):
     def to_json(self) -> str: ...
 
 _SEGMENT_GLOB = "segment-*.jsonl"
+_LOCK_NAME = ".lock"
 
 
 SPOOLED_SINKS: tuple[str, ...] = ("kafka", "kafka.tracks")  # the results' and the track events' Kafka sinks
@@ -59,12 +64,45 @@ def spool_dirs_of_run(base: str | Path, run_id: str, sink: str = "kafka") -> lis
     return sorted((d for d in found if label(d).split(".")[0] == run_id), key=incarnation)
 
 
+def leftover_spool_dirs(base: str | Path, sink: str = "kafka", *, exclude_run: str | None = None) -> list[Path]:
+    """Spool folders of ``sink`` under ``base`` from other service runs (not ``exclude_run``), oldest segment
+    first: what a killed service left for the next run in the same ``Kafka.spool_dir``. Live ones are among them;
+    ``Spool(adopt=...)`` skips those (their lock is held)."""
+
+    def run_of(path: Path) -> str:
+        return path.name[len("vidrec-spool-"):-len(f"-{sink}")].split(".")[0]
+
+    def oldest(path: Path) -> float:
+        times = [f.stat().st_mtime for f in path.glob(_SEGMENT_GLOB)]
+        return min(times) if times else float("inf")
+
+    found = [d for d in Path(base).glob(f"vidrec-spool-*-{sink}") if d.is_dir() and run_of(d) != exclude_run]
+    return sorted(found, key=lambda d: (oldest(d), d.name))
+
+
+def _try_lock(directory: Path) -> int | None:
+    """An open descriptor holding ``directory``'s exclusive lock, or None when another process holds it."""
+    fd = os.open(directory / _LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _unlock(directory: Path, fd: int) -> None:
+    (directory / _LOCK_NAME).unlink(missing_ok=True)  # before the lock goes: nobody locks a file being removed
+    os.close(fd)
+
+
 def discard_spool_dir(directory: Path) -> int:
     """Delete a spool folder a killed worker left behind; returns how many results its segments held (lost)."""
     files = list(directory.glob(_SEGMENT_GLOB))
     lost = sum(f.read_bytes().count(b"\n") for f in files)
     for f in files:
         f.unlink()
+    (directory / _LOCK_NAME).unlink(missing_ok=True)
     try:
         directory.rmdir()
     except OSError:
@@ -103,16 +141,26 @@ class Spool:
         self._inflight = 0  # the oldest results the reader peeked and is delivering: never dropped
         self.adopted = 0  # results taken over from a predecessor's segments
         self.dropped: Counter = Counter()  # per stream, since the start
+        self._lock_fd: int | None = None
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = _try_lock(self.directory)
+            if self._lock_fd is None:
+                raise OSError(f"spool folder {self.directory} is in use by another process")
             for stale in self.directory.glob(_SEGMENT_GLOB):
                 stale.unlink()
             for old_dir in adopt:
                 self.adopted += self._adopt(Path(old_dir))
 
     def _adopt(self, old_dir: Path) -> int:
-        """Move ``old_dir``'s segments in (oldest first); returns how many results they hold."""
+        """Move ``old_dir``'s segments in (oldest first), unless its spool is alive (locked); returns how many
+        results they hold."""
         assert self.directory is not None
+        if not old_dir.is_dir():
+            return 0  # adopted meanwhile by another spool
+        fd = _try_lock(old_dir)
+        if fd is None:
+            return 0  # a live spool's folder
         total = 0
         for path in sorted(old_dir.glob(_SEGMENT_GLOB)):
             data = path.read_bytes()
@@ -130,6 +178,7 @@ class Spool:
                 segment.streams[json.loads(line)["stream_id"]] += 1
             self._segments.append(segment)
             total += segment.count
+        _unlock(old_dir, fd)
         try:
             old_dir.rmdir()
         except OSError:
@@ -263,7 +312,10 @@ class Spool:
                 segment.path.unlink(missing_ok=True)
             self._segments.clear()
             self._memory.clear()
+            fd, self._lock_fd = self._lock_fd, None
         if self.directory is not None:
+            if fd is not None:
+                _unlock(self.directory, fd)
             try:
                 os.rmdir(self.directory)
             except OSError:
