@@ -89,6 +89,8 @@ def metrics_text(node: ServeProcess) -> str:
 
 def placement(node: ServeProcess, ids: list[str]) -> dict[str, str] | None:
     """Stream id -> its node when each of ``ids`` (and nothing else) is reported by exactly one node; else None."""
+    if node.api("GET", "/cluster").status != 200:  # 503 while the node joins
+        return None
     found = runners(node)
     if sorted(found) != sorted(ids) or any(len(v) != 1 for v in found.values()):
         return None

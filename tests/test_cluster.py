@@ -119,6 +119,7 @@ def test_cameras_fail_over_move_and_leave(tmp_path: Path, rtsp_base: str, kafka_
             assert seq_gaps(from_run(reader, sid, run_of[survivor])) == [], sid
         warnings = wait_for(lambda: cluster(nodes[survivor])["warnings"], 15, "a gallery warning", every_s=POLL)
         assert "different gallery versions" in warnings[0] and f"{survivor}: none" in warnings[0], warnings
+        assert "different gallery versions" in nodes["c"].log_text()
 
         # 4. Remove a camera through the node that does not run it.
         gone = on_c[0]

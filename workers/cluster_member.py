@@ -41,7 +41,7 @@ from kafka.errors import KafkaError
 from config import VidrecConfig
 from config.schema import StreamSpec
 from workers.cluster_specs import BadSpec, client_config, decode_record, nodes_topic, partition_of, streams_topic
-from workers.cluster_view import NodeReport, NodesView
+from workers.cluster_view import NodeReport, NodesView, gallery_check
 
 log = logging.getLogger("vidrec")
 
@@ -133,6 +133,7 @@ class ClusterMember:
         self._nodes_reader: KafkaConsumer | None = None
         self._reporter: KafkaProducer | None = None
         self.failure: str | None = None
+        self._gallery_warning: str | None = None
 
     # ---------------------------------------------------------------------------------------- lifecycle ----
     def start(self) -> None:
@@ -218,6 +219,7 @@ class ClusterMember:
                     time.sleep(0.2)
                 changed = self._read_catalog()
                 self._read_nodes()
+                self._check_galleries()
                 now = time.monotonic()
                 changed |= self._check_fence(now)
                 if changed or now >= next_reconcile:
@@ -272,6 +274,15 @@ class ClusterMember:
                         self.nodes.apply(record.key.decode("utf-8", "replace"), record.value, made_at)
                 except ValueError as exc:
                     log.warning("cluster: nodes topic offset %d skipped: %s", record.offset, exc)
+
+    def _check_galleries(self) -> None:
+        """Nodes with different gallery versions are reported (GET /cluster's warnings, and logged once per
+        change), not refused: a gallery changed through one node's API differs from the others' for a while."""
+        warning = gallery_check({r.node: r.gallery_version for r, _age in self.live_nodes()})
+        if warning != self._gallery_warning:
+            self._gallery_warning = warning
+            if warning:
+                log.warning("cluster %s: %s", self.section.name, warning)
 
     def _check_fence(self, now: float) -> bool:
         """Fence (stop every stream here) while the coordinator has been silent longer than the session

@@ -2,8 +2,8 @@
 
     GET    /healthz            200 {"status": "ok", ...} when serving; 503 while starting or stopping
     GET    /streams            200 {"streams": [stream, ...], "sinks": [...]}: states, counters, sink totals
-    GET    /streams?scope=cluster   200 {"scope": "cluster", "streams": [...]}: every stream of the cluster, its node | 404
-    GET    /cluster            200 {"cluster", "node", "nodes": [...], "pending", "warnings"} (docs/cluster.md) | 404
+    GET    /streams?scope=cluster   200 {"scope": "cluster", "streams": [...]}: every stream of the cluster, its node | 404 | 503
+    GET    /cluster            200 {"cluster", "node", "nodes": [...], "pending", "warnings"} (docs/cluster.md) | 404 | 503
     GET    /streams/{id}       200 stream | 404
     POST   /streams            {"id", "url"[, "every_nth", "kind", "clock_stamp"]} -> 201 stream | 400 | 409 | 503
                                (cluster: 201 with the node that runs it, or 202 {"state": "pending"})

@@ -134,7 +134,7 @@ def build_app(api: "ApiServer") -> Callable[..., Awaitable[None]]:
         return json_response(HTTPStatus.OK if body["status"] == "ok" else HTTPStatus.SERVICE_UNAVAILABLE, body)
 
     @app.get("/streams", response_model=schemas.StreamList, dependencies=reads,
-             responses=described(400, 401, 404),  # ?scope=cluster answers a ClusterStreamList
+             responses=described(400, 401, 404, 503),  # ?scope=cluster answers a ClusterStreamList
              summary="Every stream with its state and counters, and the sinks' totals; ?scope=cluster: every stream of the cluster and its node")
     async def list_streams(request: Request) -> Response:
         scope = _first(request, "scope") or "node"
@@ -148,7 +148,7 @@ def build_app(api: "ApiServer") -> Callable[..., Awaitable[None]]:
 
         return json_response(HTTPStatus.OK, await call(both))
 
-    @app.get("/cluster", response_model=schemas.ClusterView, dependencies=reads, responses=described(401, 404),
+    @app.get("/cluster", response_model=schemas.ClusterView, dependencies=reads, responses=described(401, 404, 503),
              summary="Every live node of the cluster with its streams (404 outside a cluster)")
     async def cluster() -> Response:
         return json_response(HTTPStatus.OK, await call(api.service.cluster))

@@ -745,6 +745,8 @@ class Supervisor:
 
         member = self._cluster
         if member is None:
+            if self.clustered:
+                raise Unavailable(f"node {self.cfg.Cluster.node} is {self._phase} and not in the cluster yet")
             raise NotFound("this node is not in a cluster (vidrec serve --cluster NAME)")
         live = member.live_nodes()
         warning = gallery_check({report.node: report.gallery_version for report, _age in live})
@@ -766,6 +768,8 @@ class Supervisor:
 
         member = self._cluster
         if member is None:
+            if self.clustered:
+                raise Unavailable(f"node {self.cfg.Cluster.node} is {self._phase} and not in the cluster yet")
             raise NotFound("this node is not in a cluster: scope=cluster needs vidrec serve --cluster NAME")
         return cluster_streams(member.catalog(), member.live_nodes(), redact)
 
