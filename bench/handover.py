@@ -81,27 +81,31 @@ def main() -> int:
     nodes: dict[str, ServeProcess] = {}
     runs: list[dict] = []
     try:
-        for node in (new_node(["--config", str(config)]), new_node()):
+        for extra in (["--config", str(config)], []):
+            node = new_node(extra)
             nodes[f"n{started}"] = node
         wait_for(lambda: all(n.healthy() for n in nodes.values()), 240, "healthy nodes", every_s=0.5)
         for i in range(2 * args.runs):
             kind = "SIGKILL" if i % 2 == 0 else "SIGTERM"
-            where = wait_for(lambda: placement(next(iter(nodes.values())), [target, other]), 90,
-                             "one camera on each node", every_s=0.25)
+            def spread() -> dict[str, str] | None:
+                where = placement(next(iter(nodes.values())), [target, other])
+                return where if where and len(set(where.values())) == 2 else None
+
+            where = wait_for(spread, 90, "one camera on each node", every_s=0.25)
             owner_key = where[target]
-            assert where[other] != owner_key, where
             owner = nodes.pop(owner_key)
             survivor_key, survivor = next(iter(nodes.items()))
             old_run, new_run = run_id(owner), run_id(survivor)
             wait_for(lambda: len(from_run(reader, target, old_run)) >= 3, 60, "results of the target", every_s=0.1)
             signalled = time.time()
             owner.proc.send_signal(signal.SIGKILL if kind == "SIGKILL" else signal.SIGTERM)
-            wait_for(lambda: from_run(reader, target, new_run), args.session_ms / 1000 + 60,
-                     f"{target} from {survivor_key}", every_s=0.05)
+            # (the survivor may have run the camera before, in an earlier run: only what came after the signal)
+            wait_for(lambda: [m for m in from_run(reader, target, new_run) if m.arrived > signalled],
+                     args.session_ms / 1000 + 60, f"{target} from {survivor_key}", every_s=0.05)
             owner.proc.wait(120)
             time.sleep(1.0)  # results the old owner had in flight still arrive: let them, to count the overlap
             old = from_run(reader, target, old_run)
-            new = from_run(reader, target, new_run)
+            new = [m for m in from_run(reader, target, new_run) if m.arrived > signalled]
             first_new = new[0].arrived
             last_old = old[-1].arrived
             row = {"kind": kind, "dark_s": first_new - signalled, "gap_s": first_new - last_old,
