@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 
 from config import ConfigError, load_config
+from tests.cli_helpers import assert_one_line_error, run_vidrec
 from config.schema import ClusterSection, StreamSpec
 from workers.cluster_specs import BadSpec, decode_record, encode_spec, partition_of
 
@@ -98,3 +99,16 @@ def test_cluster_defaults_suit_cameras() -> None:
     # seconds, not Kafka's 45 s, and not below what a default broker accepts (group.min.session.timeout.ms)
     assert 6000 <= section.session_timeout_ms <= 15_000
     assert section.heartbeat_interval_ms * 3 <= section.session_timeout_ms
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        # a cluster shares streams through Kafka: none given
+        (["--cluster", "site1", "--http", "127.0.0.1:0"], ["cluster 'site1' needs Kafka", "--kafka"]),
+        # a cluster name Kafka could not use as a group and topic prefix
+        (["--cluster", "site 1", "--kafka", "127.0.0.1:1"], ["--cluster site 1"]),
+    ],
+)
+def test_serve_cluster_refusals(args: list[str], fragments: list[str]) -> None:
+    assert_one_line_error(run_vidrec("serve", *args, timeout=60), *fragments)
