@@ -134,6 +134,7 @@ class ClusterMember:
         self._reporter: KafkaProducer | None = None
         self.failure: str | None = None
         self._gallery_warning: str | None = None
+        self._report_soon = threading.Event()
 
     # ---------------------------------------------------------------------------------------- lifecycle ----
     def start(self) -> None:
@@ -225,7 +226,8 @@ class ClusterMember:
                 if changed or now >= next_reconcile:
                     self.reconcile()
                     next_reconcile = now + 0.5
-                if now >= next_report:
+                if now >= next_report or self._report_soon.is_set():
+                    self._report_soon.clear()
                     self._report()
                     next_report = now + self.section.report_interval_s
         except Exception as exc:  # noqa: BLE001 - the control plane failing stops this node's streams, loudly
@@ -327,6 +329,8 @@ class ClusterMember:
                 self.host.cluster_stop(stream_id)
             for spec in changes.start:
                 self.host.cluster_start(spec)
+        if changes.start or changes.stop:
+            self._report_soon.set()  # GET /cluster on every node shows the change without waiting a period
 
     def partitions_added(self, partitions: set[int]) -> None:
         with self._lock:
