@@ -3,9 +3,10 @@
 One scenario, each step building on the last (a node costs its model load, the machine has two cores): two
 nodes share three cameras; the node running the most is killed (SIGKILL) and its cameras publish again from the
 survivor, the survivor's own camera without a gap in ``seq``; a third node, with a gallery the others lack, joins
-and takes cameras over while the rest keep running without a gap, and the gallery difference is reported; a
-camera is removed through a node that does not run it; malformed specs on the streams topic are skipped and
-counted; the survivor is stopped (SIGTERM) and its cameras move at once; the last node stops and nothing of any
+and takes cameras over while the rest keep running without a gap, and the gallery difference is reported; that
+node is cut off (all its processes frozen) past the session timeout, its cameras move, and once resumed it stops
+them itself before it rejoins; a camera is removed through a node that does not run it; malformed specs on the
+streams topic are skipped and counted; the survivor is stopped (SIGTERM) and its cameras move at once; the last node stops and nothing of any
 node is left running or in /dev/shm.
 
 The streams topic has two partitions, so that with two nodes each owns one, and the camera ids are chosen by
@@ -15,6 +16,8 @@ Every wait polls with a deadline: a bound for a slow machine, not a timing claim
 from __future__ import annotations
 
 import os
+import re
+import signal
 import time
 from pathlib import Path
 
@@ -72,8 +75,9 @@ def test_cameras_fail_over_move_and_leave(tmp_path: Path, rtsp_base: str, kafka_
 
         # 1. Every camera publishes, each from exactly one node, and GET /cluster on either node says which.
         wait_for(lambda: all(reader.count(s) >= 3 for s in ids), 90, "results of every camera", every_s=POLL)
-        placed = wait_for(lambda: placement(nodes["b"], ids), 30, "each camera reported by one node", every_s=POLL)
-        assert set(placed.values()) == {"a", "b"}, placed  # one partition each: both run cameras
+        # (right after the second node joins, the first may still own both partitions: wait for the rebalance)
+        placed = wait_for(lambda: (p := placement(nodes["b"], ids)) and set(p.values()) == {"a", "b"} and p, 30,
+                          "each camera reported by one node, both nodes running cameras", every_s=POLL)  # one partition each: both run cameras
         view = cluster(nodes["a"])
         assert [n["node"] for n in view["nodes"]] == ["a", "b"] and view["pending"] == []
         assert {n["node"]: n["http"] for n in view["nodes"]} == {k: n.base.removeprefix("http://") for k, n in nodes.items()}
@@ -108,8 +112,8 @@ def test_cameras_fail_over_move_and_leave(tmp_path: Path, rtsp_base: str, kafka_
         joined_at = time.time()
         wait_for(lambda: any(from_run(reader, sid, run_of["c"]) for sid in ids), 60, "results from node c",
                  every_s=POLL)
-        after_join = wait_for(lambda: placement(nodes[survivor], ids), 30, "each camera on one node after the join",
-                              every_s=POLL)
+        after_join = wait_for(lambda: (p := placement(nodes[survivor], ids)) and set(p.values()) == {survivor, "c"} and p,
+                              30, "each camera on one node after the join, both nodes running cameras", every_s=POLL)
         on_c = [sid for sid, v in after_join.items() if v == "c"]
         kept = [sid for sid, v in after_join.items() if v == survivor]
         assert on_c and kept, after_join
@@ -121,13 +125,42 @@ def test_cameras_fail_over_move_and_leave(tmp_path: Path, rtsp_base: str, kafka_
         assert "different gallery versions" in warnings[0] and f"{survivor}: none" in warnings[0], warnings
         assert "different gallery versions" in nodes["c"].log_text()
 
+        # 3b. Node c is cut off (every process of it frozen) past the session timeout: its cameras move to the
+        #     survivor; resumed, c fences itself (stops them) before it rejoins, and the cluster settles with each
+        #     camera on one node again.
+        frozen = process_ids(nodes["c"])
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        frozen_at = time.time()
+        try:
+            wait_for(lambda: all(from_run(reader, sid, run_of[survivor], frozen_at) for sid in on_c), SESSION_S + 25,
+                     f"{on_c} from node {survivor} while node c is cut off", every_s=POLL)
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+        resumed_at = time.time()
+        # whichever comes first stops its streams: its own fence (the coordinator silent past the session timeout)
+        # or kafka-python finding the member expired (the partitions lost)
+        wait_for(lambda: re.search(r"no word from the group coordinator|partitions \[[0-9, ]+\] lost: stopping",
+                                   nodes["c"].log_text()), 15, "node c stopping its streams itself", every_s=POLL)
+        after_cut = wait_for(lambda: (p := placement(nodes[survivor], ids)) and set(p.values()) == {survivor, "c"} and p,
+                             60, "each camera on one node after node c is back", every_s=POLL)
+        # what c published after it resumed of the cameras the survivor now runs: the cut-off overlap
+        late = [m.arrived - resumed_at for sid in on_c if after_cut[sid] == survivor
+                for m in from_run(reader, sid, run_of["c"], resumed_at)]
+        print(f"cut off: {len(late)} result(s) of moved cameras from node c after it resumed, the last "
+              f"{max(late, default=0):.1f}s after")
+        on_c = [sid for sid, v in after_cut.items() if v == "c"]
+
         # 4. Remove a camera through the node that does not run it.
         gone = on_c[0]
         removal = nodes[survivor].api("DELETE", f"/streams/{gone}")
         assert removal.status == 202 and removal.body == {"id": gone, "removing": True, "node": "c"}, removal
         wait_for(lambda: gone not in nodes["c"].streams(), 30, f"{gone} stopped on node c", every_s=POLL)
         stopped_at = time.time()
-        assert gone not in {s["id"] for s in nodes["c"].api("GET", "/streams?scope=cluster").body["streams"]}
+        for key in (survivor, "c"):  # every node's catalog reads the tombstone
+            wait_for(lambda: gone not in {s["id"] for s in nodes[key].api("GET", "/streams?scope=cluster").body["streams"]},
+                     15, f"{gone} off GET /streams?scope=cluster on node {key}", every_s=POLL)
         assert nodes[survivor].api("DELETE", f"/streams/{gone}").status == 404
         others = [sid for sid in ids if sid != gone]
         wait_for(lambda: all(len([m for m in reader.of(s) if m.arrived > stopped_at]) >= 3 for s in others), 30,
