@@ -222,6 +222,7 @@ class Supervisor:
             while not self._stop.is_set():
                 self._pump(0.1)
                 self._watch_children()
+                self._watch_cluster()
             return self._finish()
         finally:
             for sig, handler in previous.items():
@@ -252,6 +253,14 @@ class Supervisor:
                                f"{self.cfg.Kafka.bootstrap}: {exc}") from None
         log.info("cluster %s: node %s serving with %d ingest process(es) (run %s); %d stream(s) written to %s",
                  self.cfg.Cluster.name, self.cfg.Cluster.node, len(self._ingest), self.run_id, len(self._specs), topic)
+
+    def _watch_cluster(self) -> None:
+        """A node whose control thread failed runs nothing more (it stopped its streams): it stops, exit code 1,
+        for its supervisor (systemd, compose, Kubernetes) to start it again."""
+        member = self._cluster
+        if member is not None and member.failure is not None and not self._stop.is_set():
+            self._set_failure(f"cluster {self.cfg.Cluster.name!r}: {member.failure}: stopping")
+            self._stop.set()
 
     def _leave_cluster(self) -> None:
         """Leave the group (every stream here drains through the revocation) while the reports are pumped."""
