@@ -275,6 +275,25 @@ class ClusterSection(Section):
                              description="Cluster name: the consumer group, and the streams topic's prefix; null: one node on its own (streams from the config, --stream and the HTTP API).")
     node: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
                              description="This node's id; null: <host name>:<HTTP port>, or <host name>:<process id> without an HTTP API.")
+    streams_topic: str | None = Field(None, min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$",
+                                      description="The compacted topic holding the streams (key: stream id, value: spec JSON, tombstone: removed); null: NAME.streams.")
+    nodes_topic: str | None = Field(None, min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$",
+                                    description="The compacted topic where each node reports itself for GET /cluster; null: NAME.nodes.")
+    partitions: int = Field(24, ge=1, le=10_000, description="Partitions of the streams topic when it is created: the most nodes that can share the streams (more than you expect).")
+    # Not Kafka's 45 s: a camera whose node died is dark for about this long (docs/cluster.md). Brokers refuse
+    # less than group.min.session.timeout.ms (6 s by default).
+    session_timeout_ms: int = Field(10_000, ge=1000, le=1_800_000, description="Consumer-group session timeout: a node silent this long loses its streams to the others, and fences itself (stops them).")
+    heartbeat_interval_ms: int = Field(2000, ge=100, le=600_000, description="Consumer-group heartbeat; under a third of session_timeout_ms.")
+    static_membership: bool = Field(False, description="Join with group.instance.id = node: a node restarted within the session timeout gets its streams back without a rebalance.")
+    report_interval_s: float = Field(2.0, gt=0, le=60, description="How often a node reports itself (its streams and their states) for GET /cluster.")
+    place_wait_s: float = Field(5.0, ge=0, le=60, description="How long POST /streams waits to name the node that runs a new stream (else it answers pending).")
+
+    @model_validator(mode="after")
+    def _heartbeat_below_session(self) -> "ClusterSection":
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ValueError(f"Cluster.heartbeat_interval_ms ({self.heartbeat_interval_ms}) must be below "
+                             f"Cluster.session_timeout_ms ({self.session_timeout_ms})")
+        return self
 
 
 STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"

@@ -2,8 +2,11 @@
 
     GET    /healthz            200 {"status": "ok", ...} when serving; 503 while starting or stopping
     GET    /streams            200 {"streams": [stream, ...], "sinks": [...]}: states, counters, sink totals
+    GET    /streams?scope=cluster   200 {"scope": "cluster", "streams": [...]}: every stream of the cluster, its node | 404 | 503
+    GET    /cluster            200 {"cluster", "node", "nodes": [...], "pending", "warnings"} (docs/cluster.md) | 404 | 503
     GET    /streams/{id}       200 stream | 404
     POST   /streams            {"id", "url"[, "every_nth", "kind", "clock_stamp"]} -> 201 stream | 400 | 409 | 503
+                               (cluster: 201 with the node that runs it, or 202 {"state": "pending"})
     DELETE /streams/{id}       202 {"id", "removing": true} | 404
     GET    /metrics            Prometheus text format (docs/metrics.md)
     GET    /recognitions       200 {"labels": [{"label", "count", "streams"}], "total"}: named objects per label
@@ -89,6 +92,10 @@ class StreamService(Protocol):
     def track_events(self, after: int | None, limit: int) -> dict[str, Any]: ...
 
     def thumbnail(self, stream_id: str, run_id: str, track_id: int) -> bytes: ...
+
+    def cluster(self) -> dict[str, Any]: ...
+
+    def cluster_streams(self) -> list[dict[str, Any]]: ...
 
 
 class GalleryApi(Protocol):

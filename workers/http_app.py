@@ -133,20 +133,37 @@ def build_app(api: "ApiServer") -> Callable[..., Awaitable[None]]:
         body = await call(api.service.health)
         return json_response(HTTPStatus.OK if body["status"] == "ok" else HTTPStatus.SERVICE_UNAVAILABLE, body)
 
-    @app.get("/streams", response_model=schemas.StreamList, dependencies=reads, responses=described(401),
-             summary="Every stream with its state and counters, and the sinks' totals")
-    async def list_streams() -> Response:
+    @app.get("/streams", response_model=schemas.StreamList, dependencies=reads,
+             responses=described(400, 401, 404, 503),  # ?scope=cluster answers a ClusterStreamList
+             summary="Every stream with its state and counters, and the sinks' totals; ?scope=cluster: every stream of the cluster and its node")
+    async def list_streams(request: Request) -> Response:
+        scope = _first(request, "scope") or "node"
+        if scope == "cluster":
+            return json_response(HTTPStatus.OK, {"scope": "cluster", "streams": await call(api.service.cluster_streams)})
+        if scope != "node":
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"scope={scope}: expected node or cluster")
+
         def both() -> dict[str, Any]:
             return {"streams": api.service.list_streams(), "sinks": api.service.sinks()}
 
         return json_response(HTTPStatus.OK, await call(both))
 
+    @app.get("/cluster", response_model=schemas.ClusterView, dependencies=reads, responses=described(401, 404, 503),
+             summary="Every live node of the cluster with its streams (404 outside a cluster)")
+    async def cluster() -> Response:
+        return json_response(HTTPStatus.OK, await call(api.service.cluster))
+
     @app.post("/streams", status_code=201, response_model=schemas.StreamView, dependencies=changes,
-              responses=described(400, 401, 403, 408, 409, 411, 413, 503), summary="Add a stream",
+              responses={**described(400, 401, 403, 408, 409, 411, 413, 503),
+                         202: {"model": schemas.ClusterStream, "description": "Cluster mode: written, not placed yet"}},
+              summary="Add a stream (in a cluster: 201 with the node that runs it, or 202 pending)",
               openapi_extra=_request_body("POST", "/streams"))
     async def add_stream(request: Request) -> Response:
         body = await read_json_object(request, api.max_body_bytes, api.client_timeout_s)
-        return json_response(HTTPStatus.CREATED, await call(api.service.add_stream, body))
+        answer = await call(api.service.add_stream, body)
+        # In a cluster the stream is written to the streams topic; not placed on a node yet: accepted, pending.
+        pending = answer.get("state") == "pending"
+        return json_response(HTTPStatus.ACCEPTED if pending else HTTPStatus.CREATED, answer)
 
     @app.get("/streams/{stream_id}", response_model=schemas.StreamView, dependencies=reads,
              responses=described(401, 404), summary="One stream")

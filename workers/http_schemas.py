@@ -116,6 +116,50 @@ class StreamList(_Body):
 class StreamRemoval(_Body):
     id: str
     removing: bool
+    node: str | None = Field(None, description="Cluster mode: the node that ran the stream when it was removed.")
+
+
+# ---- GET /cluster, GET /streams?scope=cluster (docs/cluster.md) -----------------------------------------------
+class ClusterStream(_Body):
+    id: str
+    url: str
+    kind: str
+    every_nth: int
+    node: str | None = Field(description="The node that runs it; null: pending (not placed yet).")
+    state: str = Field(description="Its state on that node, or pending.")
+    since: float | None
+
+
+class ClusterStreamList(_Body):
+    scope: str
+    streams: list[ClusterStream]
+
+
+class NodeStream(_Body):
+    id: str
+    state: str
+    since: float
+
+
+class ClusterNode(_Body):
+    node: str
+    http: str | None = Field(description="HOST:PORT of its HTTP API.")
+    run_id: str
+    reported_at: float = Field(description="When it last reported (its wall clock, Unix seconds).")
+    age_s: float = Field(description="Seconds since that report, by this node's clock.")
+    partitions: list[int]
+    fenced: bool
+    gallery_version: int | None
+    streams: list[NodeStream]
+
+
+class ClusterView(_Body):
+    cluster: str
+    node: str = Field(description="The node that answered.")
+    member: dict[str, Any]
+    nodes: list[ClusterNode]
+    pending: list[str] = Field(description="Streams no live node runs (yet).")
+    warnings: list[str] = Field(description="E.g. nodes running different gallery versions.")
 
 
 # ---- GET /recognitions -------------------------------------------------------------------------------------

@@ -1,11 +1,15 @@
 """`vidrec serve`: the live service, from the command line's arguments to a running ``Supervisor``.
 
     vidrec serve [--config F] [-o K=V ...] [--stream ID=URL ...] [--kafka HOST:PORT --topic T] [--redis URL]
-                 [--http HOST:PORT]
+                 [--http HOST:PORT] [--cluster NAME]
 
 Streams come from the config's ``streams`` list and from ``--stream`` (more can be added through the HTTP
 API); sinks and the HTTP address from the config or the flags (the same sink flags as `vidrec video`). The API
 token is read here, once, from the environment variable ``Service.api_token_env`` names.
+
+With ``--cluster NAME`` (and ``--kafka``) the node shares the streams with every node of that name
+(docs/cluster.md): the streams given here are written to the cluster's streams topic, and the node runs the ones
+the consumer group gives it.
 """
 from __future__ import annotations
 
@@ -35,6 +39,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis", metavar="URL", help="cache results in Redis, e.g. redis://127.0.0.1:6379/0")
     parser.add_argument("--http", metavar="HOST:PORT",
                         help="serve the HTTP API here (/streams, /gallery, /metrics, /overlay, /healthz); default: Service.http_port")
+    parser.add_argument("--cluster", metavar="NAME",
+                        help="share the streams with every node started with this NAME, through Kafka (needs --kafka; docs/cluster.md)")
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,8 @@ class ServePlan:
     api_token: str | None
     # Per model (detector, recognizer): the precision it runs in, its file and why (GET /healthz).
     models: dict[str, dict[str, str]] | None = None
+    # The validated specs of ``streams`` (in cluster mode they are written to the streams topic, not run here).
+    specs: list[StreamSpec] | None = None
 
 
 def parse_http(value: str) -> tuple[str, int]:
@@ -83,6 +91,13 @@ def plan_service(args: argparse.Namespace) -> ServePlan:
             raise ConfigError(f"--topic {args.topic}: {exc.errors()[0]['msg']}") from None
     if args.redis:
         cfg.Redis.url = args.redis
+    if getattr(args, "cluster", None):
+        try:
+            cfg.Cluster.name = args.cluster
+        except ValidationError as exc:
+            raise ConfigError(f"--cluster {args.cluster}: {exc.errors()[0]['msg']}") from None
+    if cfg.Cluster.name and not cfg.Kafka.bootstrap:
+        raise ConfigError(f"cluster {cfg.Cluster.name!r} needs Kafka: give --kafka HOST:PORT (or Kafka.bootstrap)")
     specs = list(cfg.streams) + [parse_stream(value) for value in args.streams]
     plans: list["StreamPlan"] = []
     seen: set[str] = set()
@@ -105,13 +120,13 @@ def plan_service(args: argparse.Namespace) -> ServePlan:
     if cfg.Service.http_read_auth and token is None:
         raise ConfigError(f"Service.http_read_auth is on but ${cfg.Service.api_token_env} holds no token: "
                           "set it, or turn http_read_auth off")
-    if not plans and http is None:
+    if not plans and http is None and not cfg.Cluster.name:
         raise ConfigError("nothing to serve: give --stream ID=URL, a config with streams, or --http to add them later")
     if not (cfg.Kafka.bootstrap or cfg.Redis.url):
         log.warning("no sink configured (--kafka / --redis): results are computed and counted, not published")
     # Resolved once, here: the inference process (results' ``node``), the metrics and the cluster all read it.
     cfg.Cluster.node = node_id(cfg.Cluster.node, http[1] if http else None)
-    return ServePlan(cfg=cfg, streams=plans, http=http, api_token=token, models=model_precisions(cfg))
+    return ServePlan(cfg=cfg, streams=plans, http=http, api_token=token, models=model_precisions(cfg), specs=specs)
 
 
 def model_precisions(cfg: VidrecConfig) -> dict[str, dict[str, str]] | None:
@@ -135,5 +150,5 @@ def run_serve(args: argparse.Namespace, *, log_level: int = logging.INFO) -> int
 
     plan = plan_service(args)
     supervisor = Supervisor(plan.cfg, plan.streams, http=plan.http, api_token=plan.api_token, log_level=log_level,
-                            models=plan.models)
+                            models=plan.models, specs=plan.specs)
     return supervisor.run()

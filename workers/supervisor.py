@@ -24,6 +24,12 @@ Its parts, one job each:
   what was written. State changes reported by ingest are forwarded to inference, so results carry
   ``stream_state``. Reports are handled by a table from message type to handler (``_handlers``).
 
+Cluster mode (`--cluster NAME`, docs/cluster.md): the streams come from the cluster's streams topic, not from
+the config: ``--stream``, the config's streams and ``POST``/``DELETE /streams`` write the topic
+(workers/cluster_specs.py), and a ``ClusterMember`` thread (workers/cluster_member.py) starts and stops here the
+streams of the partitions the consumer group gives this node (``cluster_start``/``cluster_stop``). On SIGTERM
+the node leaves the group first (its streams drain through the revocation), so the others take them at once.
+
 Failures: a worker that dies is started again after a backoff (1 s doubling to 30 s; workers/children.py).
 A dead ingest process's live streams are added again; its unfinished file streams are marked ``failed`` (not
 replayed: that would publish duplicates). A dead inference worker's reader lock on the frame queue and the frame
@@ -59,6 +65,7 @@ from pydantic import ValidationError
 from config import VidrecConfig
 from config.schema import StreamSpec
 from stream.errors import SinkError
+from stream.live import redact
 from stream.states import StreamState
 from stream.transport import (
     free_dead_consumer_slots,
@@ -97,7 +104,7 @@ from workers.messages import (
 from workers.plans import StreamPlan, plan_from_spec, spec_error
 from workers.registry import StreamEntry, StreamRegistry
 from workers.run_totals import RunTotals
-from workers.service_errors import Invalid, NotFound, Unavailable
+from workers.service_errors import Conflict, Invalid, NotFound, Unavailable
 from workers.snapshots import Snapshot, SnapshotStore
 from workers.track_feed import TrackEvents, TrackEventStore
 from workers.outputs import event_sink_names
@@ -130,11 +137,17 @@ class Supervisor:
         api_token: str | None = None,
         log_level: int = logging.INFO,
         models: dict[str, dict[str, str]] | None = None,
+        specs: list[StreamSpec] | None = None,
     ) -> None:
         self.cfg = cfg
         self._models = models  # per model: precision, file, reason (workers/serve_cmd.py model_precisions)
         self.service = cfg.Service
         self._initial = plans
+        self._specs = specs or []  # cluster mode: the streams to write to the streams topic at start
+        self._cluster: Any = None  # workers/cluster_member.py ClusterMember, in cluster mode
+        self._spec_writer: Any = None
+        self._cluster_started: dict[str, StreamSpec] = {}  # the spec of each stream the cluster started here
+        self._cluster_refused: set[tuple[str, str]] = set()  # (id, reason) logged once
         self._http_addr = http
         self._api_token = api_token
         self._log_level = log_level
@@ -198,19 +211,67 @@ class Supervisor:
             for index in range(self.service.ingest_processes):
                 self._ingest.append(self._spawn_ingest(index))
             with self._lock:
-                for plan in self._initial:
+                for plan in ([] if self.clustered else self._initial):
                     self._add(plan)
                 self._phase = Phase.SERVING
-            log.info("serving %d stream(s) with %d ingest process(es) (run %s)",
-                     len(self._initial), len(self._ingest), self.run_id)
+            if self.clustered:
+                self._join_cluster()
+            else:
+                log.info("serving %d stream(s) with %d ingest process(es) (run %s)",
+                         len(self._initial), len(self._ingest), self.run_id)
             while not self._stop.is_set():
                 self._pump(0.1)
                 self._watch_children()
+                self._watch_cluster()
             return self._finish()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self._cleanup()
+
+    @property
+    def clustered(self) -> bool:
+        return self.cfg.Cluster.name is not None
+
+    def _join_cluster(self) -> None:
+        """Create the cluster's topics if needed, write the streams given at start, join the group."""
+        from workers.cluster_member import ClusterMember
+        from workers.cluster_specs import SpecWriter, ensure_topic, nodes_topic, streams_topic
+
+        topic = streams_topic(self.cfg)
+        try:
+            partitions = ensure_topic(self.cfg, topic, self.cfg.Cluster.partitions)
+            ensure_topic(self.cfg, nodes_topic(self.cfg), 1)
+            self._spec_writer = SpecWriter(self.cfg)
+            for spec in self._specs:
+                self._spec_writer.put(spec)
+            http = "%s:%d" % self._api.address if self._api is not None else None
+            self._cluster = ClusterMember(self.cfg, self, partitions=partitions, http=http, run_id=self.run_id)
+            self._cluster.start()
+        except Exception as exc:  # noqa: BLE001 - Kafka's errors, said in one line
+            raise ServiceError(f"cluster {self.cfg.Cluster.name!r}: cannot join through Kafka at "
+                               f"{self.cfg.Kafka.bootstrap}: {exc}") from None
+        log.info("cluster %s: node %s serving with %d ingest process(es) (run %s); %d stream(s) written to %s",
+                 self.cfg.Cluster.name, self.cfg.Cluster.node, len(self._ingest), self.run_id, len(self._specs), topic)
+
+    def _watch_cluster(self) -> None:
+        """A node whose control thread failed runs nothing more (it stopped its streams): it stops, exit code 1,
+        for its supervisor (systemd, compose, Kubernetes) to start it again."""
+        member = self._cluster
+        if member is not None and member.failure is not None and not self._stop.is_set():
+            self._set_failure(f"cluster {self.cfg.Cluster.name!r}: {member.failure}: stopping")
+            self._stop.set()
+
+    def _leave_cluster(self) -> None:
+        """Leave the group (every stream here drains through the revocation) while the reports are pumped."""
+        member = self._cluster
+        if member is None:
+            return
+        leaving = threading.Thread(target=member.leave, name="cluster-leave", daemon=True)
+        leaving.start()
+        self._wait(lambda: member.left or self._abort, time.monotonic() + member.stop_wait_s + 35)
+        if self._spec_writer is not None:
+            self._spec_writer.close()
 
     def _gallery_api(self) -> Any:
         if not self.cfg.IndexProcess.index_dir:
@@ -281,6 +342,8 @@ class Supervisor:
         """Drain and stop every child; log the final counters; returns the exit code."""
         with self._lock:
             self._phase = Phase.DRAINING
+        if not self._abort:
+            self._leave_cluster()
         abort = self._abort
         started = time.monotonic()
         for child in self._ingest:
@@ -528,6 +591,7 @@ class Supervisor:
         if entry is not None and entry.removing:
             self._totals.ingest_ended(entry.id, entry.first_index, live=entry.plan.live, final=message.final)
             self._streams.drop(entry.id)
+            self._cluster_started.pop(entry.id, None)
             self.snapshots.forget(entry.id)
             log.info("%s: removed", entry.id)
 
@@ -618,6 +682,8 @@ class Supervisor:
             raise Invalid(spec_error(exc)) from None
         except ValueError as exc:
             raise Invalid(str(exc)) from None
+        if self.clustered:
+            return self._cluster_add(spec)
         with self._lock:
             if self._phase is not Phase.SERVING:
                 raise Unavailable(f"service is {self._phase}: streams cannot be added now")
@@ -625,6 +691,8 @@ class Supervisor:
             return views.stream_view(self._add(plan), self._totals, self._sink_names)
 
     def remove_stream(self, stream_id: str) -> dict[str, Any]:
+        if self.clustered:
+            return self._cluster_remove(stream_id)
         with self._lock:
             entry = self._entry(stream_id)
             if self._phase is not Phase.SERVING:
@@ -639,9 +707,130 @@ class Supervisor:
                 log.info("%s: removing", stream_id)
             return {"id": stream_id, "removing": True}
 
+    # -- the cluster (thread-safe; never calls the member while holding the lock: it calls us under its own) ---
+    def _member(self) -> Any:
+        with self._lock:
+            if self._phase is not Phase.SERVING or self._cluster is None:
+                raise Unavailable(f"service is {self._phase}: the cluster cannot be changed now")
+            return self._cluster
+
+    def _cluster_add(self, spec: StreamSpec) -> dict[str, Any]:
+        """Write the spec to the streams topic; wait up to Cluster.place_wait_s for the node that runs it."""
+        from workers.cluster_view import cluster_streams
+
+        member = self._member()
+        if member.knows(spec.id):
+            raise Conflict(f"stream {spec.id!r} is already in cluster {self.cfg.Cluster.name!r}")
+        try:
+            self._spec_writer.put(spec)
+        except OSError as exc:
+            raise Unavailable(str(exc)) from None
+        deadline = time.monotonic() + self.cfg.Cluster.place_wait_s
+        while True:
+            placed = [v for v in cluster_streams({spec.id: spec}, member.live_nodes(), redact) if v["node"]]
+            if placed or time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+        view = cluster_streams({spec.id: spec}, [], redact)[0]
+        return placed[0] if placed else view
+
+    def _cluster_remove(self, stream_id: str) -> dict[str, Any]:
+        from workers.cluster_view import cluster_streams
+
+        member = self._member()
+        catalog = member.catalog()
+        if stream_id not in catalog:
+            raise NotFound(f"no stream {stream_id!r} in cluster {self.cfg.Cluster.name!r}")
+        runs = [v["node"] for v in cluster_streams({stream_id: catalog[stream_id]}, member.live_nodes(), redact)]
+        try:
+            self._spec_writer.remove(stream_id)
+        except OSError as exc:
+            raise Unavailable(str(exc)) from None
+        return {"id": stream_id, "removing": True, "node": runs[0]}
+
+    def cluster(self) -> dict[str, Any]:
+        """``GET /cluster``: every live node with its streams, the pending streams, the gallery check."""
+        from workers.cluster_view import cluster_streams, gallery_check
+
+        member = self._cluster
+        if member is None:
+            if self.clustered:
+                raise Unavailable(f"node {self.cfg.Cluster.node} is {self._phase} and not in the cluster yet")
+            raise NotFound("this node is not in a cluster (vidrec serve --cluster NAME)")
+        live = member.live_nodes()
+        warning = gallery_check({report.node: report.gallery_version for report, _age in live})
+        streams = cluster_streams(member.catalog(), live, redact)
+        return {
+            "cluster": self.cfg.Cluster.name,
+            "node": self.cfg.Cluster.node,
+            "member": member.state(),
+            "nodes": [{"node": r.node, "http": r.http, "run_id": r.run_id, "reported_at": round(r.reported_at, 3),
+                       "age_s": round(max(age, 0.0), 3), "partitions": r.partitions, "fenced": r.fenced,
+                       "gallery_version": r.gallery_version, "streams": r.streams} for r, age in live],
+            "pending": [v["id"] for v in streams if v["node"] is None],
+            "warnings": [warning] if warning else [],
+        }
+
+    def cluster_streams(self) -> list[dict[str, Any]]:
+        """``GET /streams?scope=cluster``: every stream of the cluster, where it runs and its state there."""
+        from workers.cluster_view import cluster_streams
+
+        member = self._cluster
+        if member is None:
+            if self.clustered:
+                raise Unavailable(f"node {self.cfg.Cluster.node} is {self._phase} and not in the cluster yet")
+            raise NotFound("this node is not in a cluster: scope=cluster needs vidrec serve --cluster NAME")
+        return cluster_streams(member.catalog(), member.live_nodes(), redact)
+
+    # The ClusterHost protocol of workers/cluster_member.py (called by the member's thread and listener).
+    def cluster_specs(self) -> dict[str, StreamSpec | None]:
+        with self._lock:
+            return {e.id: None if e.removing else self._cluster_started.get(e.id) for e in self._streams}
+
+    def cluster_start(self, spec: StreamSpec) -> None:
+        with self._lock:
+            if self._phase is not Phase.SERVING or spec.id in self._streams:
+                return
+            try:
+                plan = plan_from_spec(spec)
+                self._streams.check_room(plan.id)
+            except (ValueError, Conflict) as exc:
+                if (spec.id, str(exc)) not in self._cluster_refused:
+                    self._cluster_refused.add((spec.id, str(exc)))
+                    log.error("%s: not started on this node: %s", spec.id, exc)
+                return
+            self._cluster_started[spec.id] = spec
+            self._add(plan)
+
+    def cluster_stop(self, stream_id: str) -> None:
+        with self._lock:
+            entry = self._streams.get(stream_id)
+            if entry is None or entry.removing:
+                return
+            entry.removing = True
+            child = self._ingest[entry.ingest]
+            if child.alive:
+                child.control.put(RemoveStream(stream_id))
+            else:
+                self._streams.drop(stream_id)
+            log.info("%s: stopping (cluster)", stream_id)
+
+    def cluster_report(self) -> tuple[list[dict[str, Any]], int | None]:
+        with self._lock:
+            stats = self._totals.service()
+            version = stats.gallery_version if stats is not None else (self._ready.gallery_version if self._ready else None)
+            streams = [{"id": e.id, "state": "stopping" if e.removing else e.state.value, "since": round(e.since, 3)}
+                       for e in self._streams]
+            return streams, version
+
     # -- metrics, recognitions and overlay snapshots (thread-safe) ---------------------------------------------
     def metrics(self) -> bytes:
-        return m.render(self._collector)
+        text = m.render(self._collector)
+        if self._cluster is not None:
+            from workers.cluster_metrics import render_cluster
+
+            text += render_cluster(self.cfg.Cluster.node or "", self._cluster)
+        return text
 
     def metrics_snapshot(self) -> m.ServiceMetrics:
         from workers import __version__

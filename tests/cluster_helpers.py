@@ -1,0 +1,97 @@
+"""Real `vidrec serve --cluster NAME` nodes for the cluster tests and bench/handover.py: start one, read its
+``GET /cluster``, pick stream ids by the partition they fall in, and read a stream's results for handovers."""
+from __future__ import annotations
+
+import os
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any, Iterable
+
+from tests.serve_helpers import Message, ServeProcess, free_port
+from workers.cluster_specs import partition_of
+
+# A short session so that the tests see a dead node's streams move in seconds (the broker's minimum,
+# group.min.session.timeout.ms, is 6000 by default).
+SESSION_MS = 6000
+
+
+def cluster_name() -> str:
+    return f"vc{uuid.uuid4().hex[:8]}"
+
+
+def start_node(name: str, node: str, tmp: Path, *, partitions: int, results_topic: str, extra: Iterable[str] = (),
+               streams: Iterable[str] = ()) -> ServeProcess:
+    """One node: one ingest process, a short session, results on ``results_topic``."""
+    args = ["--kafka", os.environ["KAFKA_BOOTSTRAP"], "--topic", results_topic, "--cluster", name,
+            "-o", f"Cluster.node={node}", "-o", f"Cluster.partitions={partitions}",
+            "-o", f"Cluster.session_timeout_ms={SESSION_MS}", "-o", "Cluster.heartbeat_interval_ms=1000",
+            "-o", "Cluster.report_interval_s=1", "-o", "Service.ingest_processes=1",
+            "-o", "Service.live.backoff_max_s=2", *extra]
+    for stream in streams:
+        args += ["--stream", stream]
+    return ServeProcess(args, log_path=tmp / f"{node}.log", http_port=free_port())
+
+
+def ids_by_partition(wanted: dict[int, int], partitions: int, prefix: str = "cam") -> list[str]:
+    """Stream ids, ``wanted[p]`` of them falling in partition ``p`` of the streams topic."""
+    out: list[str] = []
+    counts = dict.fromkeys(wanted, 0)
+    i = 0
+    while any(counts[p] < n for p, n in wanted.items()):
+        sid = f"{prefix}{i}"
+        p = partition_of(sid, partitions)
+        if p in counts and counts[p] < wanted[p]:
+            counts[p] += 1
+            out.append(sid)
+        i += 1
+    return out
+
+
+def cluster(node: ServeProcess) -> dict[str, Any]:
+    answer = node.api("GET", "/cluster")
+    assert answer.status == 200, answer
+    return answer.body
+
+
+def runners(node: ServeProcess) -> dict[str, list[str]]:
+    """Stream id -> the nodes that report running it, as ``node``'s ``GET /cluster`` shows."""
+    out: dict[str, list[str]] = {}
+    for entry in cluster(node)["nodes"]:
+        for stream in entry["streams"]:
+            if stream["state"] != "stopping":
+                out.setdefault(stream["id"], []).append(entry["node"])
+    return out
+
+
+def runs(messages: list[Message]) -> dict[str, list[Message]]:
+    """A stream's results by run id, in arrival order."""
+    out: dict[str, list[Message]] = {}
+    for m in messages:
+        out.setdefault(m.value["run_id"], []).append(m)
+    return out
+
+
+def seq_gaps(messages: list[Message]) -> list[tuple[int, int]]:
+    """(before, after) for each jump in ``seq`` within one run (a repeat is not a gap)."""
+    seqs = sorted({m.value["seq"] for m in messages})
+    return [(a, b) for a, b in zip(seqs, seqs[1:]) if b != a + 1]
+
+
+def shm_of(run_id: str) -> list[str]:
+    return [name for name in os.listdir("/dev/shm") if name.startswith(f"vidrec_{run_id}_")]
+
+
+def metrics_text(node: ServeProcess) -> str:
+    with urllib.request.urlopen(node.base + "/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
+def placement(node: ServeProcess, ids: list[str]) -> dict[str, str] | None:
+    """Stream id -> its node when each of ``ids`` (and nothing else) is reported by exactly one node; else None."""
+    if node.api("GET", "/cluster").status != 200:  # 503 while the node joins
+        return None
+    found = runners(node)
+    if sorted(found) != sorted(ids) or any(len(v) != 1 for v in found.values()):
+        return None
+    return {sid: v[0] for sid, v in found.items()}
