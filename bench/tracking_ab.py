@@ -57,8 +57,10 @@ from workers.video_job import VideoOutputs, batched, run_video_job  # noqa: E402
 SPLITS = {"tune": ("A dark coat", "B jeans"), "report": ("C black suit", "D blonde"), "all": tuple(PEDESTRIANS)}
 TRACKER_ON, TRACKER_OFF = "Tracker.enabled=true", "Tracker.enabled=false"
 # The acceptance rule of the scenario, on and off alike (tests/test_retrieval_quality.py's pedestrian test): people
-# look alike to an ImageNet feature, so a stricter score and a smaller margin than the defaults for objects.
-SCENARIO_THRESHOLDS = ("IndexProcess.score_thres=0.8", "IndexProcess.margin_thres=0.08")
+# look alike to an ImageNet feature, so a stricter score and a smaller margin than the defaults for objects; with
+# tracking, the vote's share of passing views too (tests/test_tracking_quality.py SCENARIO_OVERRIDES, chosen with
+# the score on the tune split).
+SCENARIO_THRESHOLDS = ("IndexProcess.score_thres=0.8", "IndexProcess.margin_thres=0.08", "Tracker.min_share=0.5")
 
 
 def load() -> str:
