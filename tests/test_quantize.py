@@ -11,13 +11,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
 from config import load_config
 from models.errors import ModelError
 from models.resolve import sha256_of
-from workers.models_quantize import BOX_SHARE, RECALL_DROP, run_quantize
+from stream.sources import open_source
+from workers.models_quantize import BOX_SHARE, RECALL_DROP, run_quantize, split_frames
 from workers.precision import GuardReport, choose_model_file, int8_files, read_report
 from workers.system import build_recognizer, fp32_model
 
@@ -45,6 +47,17 @@ def recognizer_int8(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Quanti
         (report,) = run_quantize(cfg, roles=("recognizer",))
     assert sha256_of(fp32) == fp32_sha, "quantizing changed the fp32 file"
     yield Quantized(cache=cache, fp32=fp32, report=report)
+
+
+def test_calibration_and_guard_frames_are_evenly_spaced_over_the_whole_clip(bikes_mp4: Path) -> None:
+    # split_frames keeps only its picks while decoding; they must be the very frames a full decode would pick.
+    with open_source(bikes_mp4) as source:
+        every = [frame.image_bgr for frame in source]
+    picks = np.unique(np.linspace(0, len(every) - 1, num=24).round().astype(int))
+    calibration, guard = split_frames([bikes_mp4], per_file=24)
+    assert len(every) == 250 and (len(calibration), len(guard)) == (12, 12)
+    for got, index in zip([*calibration, *guard], [*picks[0::2], *picks[1::2]]):
+        np.testing.assert_array_equal(got, every[index], err_msg=f"frame {index}")
 
 
 def _auto(fp32: Path, setting: str = "auto"):
