@@ -8,12 +8,12 @@ import time
 import uuid
 from pathlib import Path
 
-import jsonschema
 import redis
 from kafka import KafkaConsumer
 
 from stream.messages import load_schema
 from tests.cli_helpers import read_jsonl, run_vidrec
+from tests.schema_check import validate
 
 SCHEMA = load_schema()
 
@@ -52,7 +52,7 @@ def test_video_to_kafka_and_redis(tmp_path: Path, bikes_mp4: Path, kafka_bootstr
     assert len(messages) == 25
     assert {key for key, _ in messages} == {stream_id.encode()}
     for _, value in messages:
-        jsonschema.validate(value, SCHEMA)
+        validate(value, SCHEMA)
     assert [value for _, value in messages] == written
 
     # ... and by Debian's kcat, an independent client.

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import av
 import cv2
-import jsonschema
 import pytest
 
 from config import load_config
@@ -13,6 +12,7 @@ from stream.messages import load_schema
 from stream.sources import open_source
 from tests.cli_helpers import read_jsonl, run_vidrec
 from workers.system import build_detector
+from tests.schema_check import validate
 
 SCHEMA = load_schema()
 
@@ -26,7 +26,7 @@ def test_bus_photo_finds_bus_and_three_persons(tmp_path: Path, photos_dir: Path)
     proc = run_vidrec("video", photos_dir / "bus.jpg", "--json", out)
     assert proc.returncode == 0, proc.stderr
     [result] = read_jsonl(out)
-    jsonschema.validate(result, SCHEMA)
+    validate(result, SCHEMA)
     assert (result["width"], result["height"]) == (810, 1080)
     classes = [obj["det_class"] for obj in result["objects"]]
     assert "bus" in classes and classes.count("person") >= 3, classes
@@ -42,7 +42,7 @@ def test_video_writes_schema_valid_jsonl_and_annotated_mp4(tmp_path: Path, bikes
     assert proc.returncode == 0, proc.stderr
     results = read_jsonl(jsonl)
     for result in results:
-        jsonschema.validate(result, SCHEMA)
+        validate(result, SCHEMA)
     assert [r["frame_index"] for r in results] == list(range(0, 250, 5))
     assert {r["stream_id"] for r in results} == {"bikes"}
     pts = [r["pts"] for r in results]

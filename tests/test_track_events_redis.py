@@ -5,13 +5,13 @@ import json
 import uuid
 from collections.abc import Iterator
 
-import jsonschema
 import pytest
 import redis
 
 from stream.errors import SinkError
 from stream.track_events import TrackEvent, load_track_event_schema
 from stream.sinks.redis import RedisTrackSink
+from tests.schema_check import validate
 
 
 @pytest.fixture()
@@ -47,7 +47,7 @@ def test_the_hash_holds_each_tracks_newest_event_until_it_ends(redis_url: str, c
     held = client.hgetall(f"{prefix}:tracks:cam")
     assert set(held) == {"1", "2"}
     for value in held.values():
-        jsonschema.validate(json.loads(value), load_track_event_schema())
+        validate(json.loads(value), load_track_event_schema())
     assert json.loads(held["1"])["label"] == "cyclist" and json.loads(held["2"])["event"] == "started"
     assert 0 < client.ttl(f"{prefix}:tracks:cam") <= 600
     sink.write(_event("ended", 1, label="cyclist"))

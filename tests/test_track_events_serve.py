@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import jsonschema
 import numpy as np
 import pytest
 import redis
@@ -83,7 +82,7 @@ def test_track_events_reach_kafka_redis_metrics_and_the_api(
         wait_for(lambda: _all_ended(tracks, "file"), 60, "an ended event for every track of the file")
         file_events = _events(tracks, "file")
         for message in tracks.all():
-            jsonschema.validate(message.value, SCHEMA)
+            validate(message.value, SCHEMA)
             assert message.key == message.value["stream_id"].encode()
         _check_lifetimes(file_events)
         ended = [e for e in file_events if e["event"] == "ended"]
@@ -122,7 +121,7 @@ def test_track_events_reach_kafka_redis_metrics_and_the_api(
         held = wait_for(current, 90, "current tracks of the camera in Redis")
         for field, value in held.items():
             event = json.loads(value)
-            jsonschema.validate(event, SCHEMA)
+            validate(event, SCHEMA)
             assert event["event"] in ("started", "labelled") and str(event["track_id"]) == field, event
         assert client.ttl(f"{prefix}:tracks:cam") > 0
         started_live = wait_for(lambda: set(_lifetimes(_events(tracks, "cam"))) >= {int(f) for f in held} and

@@ -5,12 +5,12 @@ import uuid
 from collections import defaultdict
 from pathlib import Path
 
-import jsonschema
 import redis
 
 from stream.track_events import load_track_event_schema
 from tests.cli_helpers import assert_one_line_error, read_jsonl, run_vidrec, sample_gallery
 from tests.serve_helpers import TopicReader, wait_for
+from tests.schema_check import validate
 
 SCHEMA = load_track_event_schema()
 
@@ -27,7 +27,7 @@ def test_tracks_out_has_every_track_started_and_ended_once(tmp_path: Path, bikes
     assert events, "bikes.mp4 has cyclists, cars and people to track"
     kinds: dict[int, list[str]] = defaultdict(list)
     for event in events:
-        jsonschema.validate(event, SCHEMA)
+        validate(event, SCHEMA)
         assert event["stream_id"] == "bikes" and event["run_id"] is None
         kinds[event["track_id"]].append(event["event"])
     for track_id, seen in kinds.items():

@@ -177,7 +177,7 @@ def _cmd_video(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from workers.serve_cmd import run_serve
-    from workers.supervisor import ServiceError
+    from workers.service_errors import ServiceError
 
     try:
         return run_serve(args, log_level=logging.DEBUG if args.verbose else logging.INFO)

@@ -146,9 +146,9 @@ def model_precisions(cfg: VidrecConfig) -> dict[str, dict[str, str]] | None:
 
 
 def run_serve(args: argparse.Namespace, *, log_level: int = logging.INFO) -> int:
+    plan = plan_service(args)  # usage errors first, before the workers, models and clients are imported
     from workers.supervisor import Supervisor
 
-    plan = plan_service(args)
     supervisor = Supervisor(plan.cfg, plan.streams, http=plan.http, api_token=plan.api_token, log_level=log_level,
                             models=plan.models, specs=plan.specs)
     return supervisor.run()

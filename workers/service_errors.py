@@ -1,6 +1,12 @@
 """Why the service refuses a request, without HTTP: the service methods raise these with a one-line reason and
-the HTTP layer alone turns each kind into a status code (``workers/http_api.py``)."""
+the HTTP layer alone turns each kind into a status code (``workers/http_api.py``); and ``ServiceError``, why the
+service cannot start or go on. Kept apart from the supervisor so that `vidrec serve`'s usage errors are reported
+without importing the workers, models and clients."""
 from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """The service cannot start or go on (a worker failed to start, the HTTP address is taken...): one line."""
 
 
 class RequestRefused(Exception):

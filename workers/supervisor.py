@@ -104,7 +104,7 @@ from workers.messages import (
 from workers.plans import StreamPlan, plan_from_spec, spec_error
 from workers.registry import StreamEntry, StreamRegistry
 from workers.run_totals import RunTotals
-from workers.service_errors import Conflict, Invalid, NotFound, Unavailable
+from workers.service_errors import Conflict, Invalid, NotFound, ServiceError, Unavailable
 from workers.snapshots import Snapshot, SnapshotStore
 from workers.track_feed import TrackEvents, TrackEventStore
 from workers.outputs import event_sink_names
@@ -121,10 +121,6 @@ class Phase(enum.StrEnum):
     SERVING = "serving"
     DRAINING = "draining"
     STOPPED = "stopped"
-
-
-class ServiceError(Exception):
-    """The service cannot start or go on (a worker failed to start, the HTTP address is taken...): one line."""
 
 
 class Supervisor:
