@@ -20,6 +20,7 @@ import redis
 from stream.track_events import load_track_event_schema
 from tests.cli_helpers import sample_gallery
 from tests.prometheus_helpers import metric_samples
+from tests.schema_check import validate
 from tests.serve_helpers import ServeProcess, TopicReader, free_port, wait_for
 from tests.test_serve_metrics import get
 from workers import http_schemas
