@@ -108,6 +108,17 @@ def seq_gaps(messages: list[Message]) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(seqs, seqs[1:]) if b != a + 1]
 
 
+def publisher_blocks(messages: list[Message]) -> list[str]:
+    """The runs that published a stream, in capture-time order, repeats of the same run merged: a stream
+    published by one node at a time gives each run one block; two nodes publishing it at once alternate."""
+    blocks: list[str] = []
+    for m in sorted(messages, key=lambda m: m.value["capture_time"]):
+        run = m.value["run_id"].split(".")[0]
+        if not blocks or blocks[-1] != run:
+            blocks.append(run)
+    return blocks
+
+
 def shm_of(run_id: str) -> list[str]:
     return [name for name in os.listdir("/dev/shm") if name.startswith(f"vidrec_{run_id}_")]
 
