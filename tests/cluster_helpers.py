@@ -119,6 +119,15 @@ def publisher_blocks(messages: list[Message]) -> list[str]:
     return blocks
 
 
+def crashes(log_text: str) -> list[str]:
+    """The first frame of each traceback in a node's log, except kafka-python's network layer's, which logs a
+    dropped connection (a broker stopped) with its traceback and carries on: those are not crashes."""
+    lines = log_text.splitlines()
+    firsts = [lines[i + 1] if i + 1 < len(lines) else "" for i, line in enumerate(lines)
+              if line.startswith("Traceback (most recent call last):")]
+    return [first for first in firsts if "/kafka/net/" not in first]
+
+
 def shm_of(run_id: str) -> list[str]:
     return [name for name in os.listdir("/dev/shm") if name.startswith(f"vidrec_{run_id}_")]
 

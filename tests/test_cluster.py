@@ -32,8 +32,9 @@ import pytest
 from kafka import KafkaProducer
 
 from tests.cli_helpers import sample_gallery
-from tests.cluster_helpers import (SESSION_MS, cluster, cluster_name, from_run, ids_by_partition, metrics_text,
-                                   pids_alive, placement, process_ids, run_id_of, runs, seq_gaps, shm_of, start_node)
+from tests.cluster_helpers import (SESSION_MS, cluster, cluster_name, crashes, from_run, ids_by_partition,
+                                   metrics_text, pids_alive, placement, process_ids, run_id_of, runs, seq_gaps,
+                                   shm_of, start_node)
 from tests.serve_helpers import ServeProcess, TopicReader, wait_for
 
 SESSION_S = SESSION_MS / 1000
@@ -219,7 +220,7 @@ def test_three_nodes_six_cameras_fail_over_grow_and_leave(tmp_path: Path, rtsp_b
                 assert shm_of(run_id) == [], key
         print(f"left in /dev/shm by the SIGKILLed node: {shm_of(run_of[victim])}")
         for key, node in nodes.items():
-            assert "Traceback" not in node.log_text(), key
+            assert crashes(node.log_text()) == [], key
     finally:
         reader.close()
         for node in nodes.values():

@@ -79,8 +79,9 @@ def test_a_static_node_restarted_within_the_session_gets_its_cameras_back(tmp_pa
         nodes["a"] = node("a", "a")
         nodes["b"] = node("b", "b")
         wait_for(lambda: all(n.healthy() for n in nodes.values()), 180, "two healthy nodes", every_s=POLL)
-        wait_for(lambda: all(n.api("GET", "/cluster").status == 200 for n in nodes.values()), 60, "nodes in the cluster",
-                 every_s=POLL)  # (healthy before joined: POST /streams answers 503 until then)
+        # (healthy before joined: POST /streams answers 503 until then)
+        wait_for(lambda: all(n.api("GET", "/cluster").status == 200 for n in nodes.values()), 60,
+                 "nodes in the cluster", every_s=POLL)
         for sid, (path, nth) in zip(ids, CAMERAS):  # written once: the restarted node writes nothing
             added = nodes["a"].api("POST", "/streams", {"id": sid, "url": f"{rtsp_base}/{path}", "every_nth": nth})
             assert added.status in (201, 202), added
