@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
-from tests.serve_helpers import Message, ServeProcess, free_port
+from tests.serve_helpers import Message, ServeProcess, TopicReader, free_port
 from workers.cluster_specs import partition_of
 
 # A short session so that the tests see a dead node's streams move in seconds (the broker's minimum,
@@ -21,16 +21,46 @@ def cluster_name() -> str:
 
 
 def start_node(name: str, node: str, tmp: Path, *, partitions: int, results_topic: str, extra: Iterable[str] = (),
-               streams: Iterable[str] = ()) -> ServeProcess:
-    """One node: one ingest process, a short session, results on ``results_topic``."""
+               streams: Iterable[str] = (), session_ms: int = SESSION_MS, static: bool = False,
+               log_name: str | None = None) -> ServeProcess:
+    """One node: one ingest process, a short session (``session_ms``), results on ``results_topic``; with
+    ``static``, static membership (``group_instance_id`` = ``node``). Its log is ``tmp/<log_name or node>.log``."""
     args = ["--kafka", os.environ["KAFKA_BOOTSTRAP"], "--topic", results_topic, "--cluster", name,
             "-o", f"Cluster.node={node}", "-o", f"Cluster.partitions={partitions}",
-            "-o", f"Cluster.session_timeout_ms={SESSION_MS}", "-o", "Cluster.heartbeat_interval_ms=1000",
+            "-o", f"Cluster.session_timeout_ms={session_ms}", "-o", "Cluster.heartbeat_interval_ms=1000",
             "-o", "Cluster.report_interval_s=1", "-o", "Service.ingest_processes=1",
             "-o", "Service.live.backoff_max_s=2", *extra]
+    if static:
+        args += ["-o", "Cluster.static_membership=true"]
     for stream in streams:
         args += ["--stream", stream]
-    return ServeProcess(args, log_path=tmp / f"{node}.log", http_port=free_port())
+    return ServeProcess(args, log_path=tmp / f"{log_name or node}.log", http_port=free_port())
+
+
+def pids_alive(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+            alive.append(pid)
+        except ProcessLookupError:
+            pass
+    return alive
+
+
+def process_ids(node: ServeProcess) -> list[int]:
+    """The node's supervisor, inference and ingest processes."""
+    workers = node.api("GET", "/healthz").body["workers"]
+    return [node.proc.pid, workers["inference"], *workers["ingest"]]
+
+
+def run_id_of(node: ServeProcess) -> str:
+    return node.api("GET", "/healthz").body["run_id"]
+
+
+def from_run(reader: TopicReader, stream_id: str, run_id: str, after: float = 0.0) -> list[Message]:
+    """``stream_id``'s results published by the node process ``run_id``, arrived after ``after`` (wall clock)."""
+    return [m for m in reader.of(stream_id) if m.value["run_id"].split(".")[0] == run_id and m.arrived > after]
 
 
 def ids_by_partition(wanted: dict[int, int], partitions: int, prefix: str = "cam") -> list[str]:
@@ -76,6 +106,26 @@ def seq_gaps(messages: list[Message]) -> list[tuple[int, int]]:
     """(before, after) for each jump in ``seq`` within one run (a repeat is not a gap)."""
     seqs = sorted({m.value["seq"] for m in messages})
     return [(a, b) for a, b in zip(seqs, seqs[1:]) if b != a + 1]
+
+
+def publisher_blocks(messages: list[Message]) -> list[str]:
+    """The runs that published a stream, in capture-time order, repeats of the same run merged: a stream
+    published by one node at a time gives each run one block; two nodes publishing it at once alternate."""
+    blocks: list[str] = []
+    for m in sorted(messages, key=lambda m: m.value["capture_time"]):
+        run = m.value["run_id"].split(".")[0]
+        if not blocks or blocks[-1] != run:
+            blocks.append(run)
+    return blocks
+
+
+def crashes(log_text: str) -> list[str]:
+    """The first frame of each traceback in a node's log, except kafka-python's network layer's, which logs a
+    dropped connection (a broker stopped) with its traceback and carries on: those are not crashes."""
+    lines = log_text.splitlines()
+    firsts = [lines[i + 1] if i + 1 < len(lines) else "" for i, line in enumerate(lines)
+              if line.startswith("Traceback (most recent call last):")]
+    return [first for first in firsts if "/kafka/net/" not in first]
 
 
 def shm_of(run_id: str) -> list[str]:

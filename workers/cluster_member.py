@@ -45,7 +45,7 @@ from workers.cluster_view import NodeReport, NodesView, gallery_check
 
 log = logging.getLogger("vidrec")
 
-__all__ = ["ClusterHost", "ClusterMember", "coordinator_silent_s", "plan_changes"]
+__all__ = ["ClusterHost", "ClusterMember", "coordinator_silent_s", "heartbeat_answered_since", "plan_changes"]
 
 
 class ClusterHost(Protocol):
@@ -87,6 +87,13 @@ def coordinator_silent_s(consumer: KafkaConsumer, now: float) -> float:
     return now - max(heartbeat.last_receive, heartbeat.last_reset)
 
 
+def heartbeat_answered_since(consumer: KafkaConsumer, since: float) -> bool:
+    """Whether the coordinator answered a heartbeat of this member after ``since`` (monotonic), i.e. confirmed
+    it is still in the group. Not ``last_reset``: kafka-python also resets its timers when it merely finds the
+    coordinator again (after a broker restart, say), which says nothing of this member's membership."""
+    return consumer._coordinator.heartbeat.last_receive > since  # noqa: SLF001 - see coordinator_silent_s
+
+
 class _Listener(ConsumerRebalanceListener):
     """Runs on kafka-python's network thread: ``revoked`` blocks it (heartbeats included) while the streams
     drain, bounded by ``ClusterMember.stop_wait_s``, which is kept under the session timeout."""
@@ -123,6 +130,7 @@ class ClusterMember:
         self._catalog: dict[str, tuple[int, StreamSpec]] = {}
         self._owned: set[int] = set()
         self._fenced = False
+        self._fenced_at = 0.0  # monotonic, when the fence last went up or down
         self.bad_specs = 0
         self.nodes = NodesView(live_for_s=3 * self.section.report_interval_s)
         self._stop = threading.Event()
@@ -287,16 +295,25 @@ class ClusterMember:
                 log.warning("cluster %s: %s", self.section.name, warning)
 
     def _check_fence(self, now: float) -> bool:
-        """Fence (stop every stream here) while the coordinator has been silent longer than the session
-        timeout; True when that changed."""
+        """Fence (stop every stream here) once the coordinator has been silent longer than the session
+        timeout, and lift it only when the coordinator answers a heartbeat of this member (or the group assigns
+        partitions again, ``partitions_added``): finding the coordinator again after a broker restart resets
+        kafka-python's timers but does not mean this member is still in the group. True when that changed."""
         assert self._member is not None
         silent = coordinator_silent_s(self._member, now)
         with self._lock:
-            fenced = bool(self._owned) and silent > self.session_s
+            if self._fenced:  # lifted by a heartbeat answered since the fence, or a join (partitions_added)
+                fenced = bool(self._owned) and not heartbeat_answered_since(self._member, self._fenced_at)
+            else:
+                fenced = bool(self._owned) and silent > self.session_s
             if fenced == self._fenced:
                 return False
             self._fenced = fenced
-        if fenced:
+            self._fenced_at = now
+            owned = bool(self._owned)
+        if not fenced and not owned:  # its partitions were lost meanwhile: nothing to run until it rejoins
+            log.warning("cluster: fence lifted: this node owns no partition now; it rejoins the group")
+        elif fenced:
             log.error("cluster: no word from the group coordinator for %.1fs (session timeout %.1fs): this node "
                       "stops its streams (the group gives them to others)", silent, self.session_s)
         else:

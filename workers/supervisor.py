@@ -706,6 +706,9 @@ class Supervisor:
     # -- the cluster (thread-safe; never calls the member while holding the lock: it calls us under its own) ---
     def _member(self) -> Any:
         with self._lock:
+            if self._phase is Phase.SERVING and self._cluster is None:  # /healthz answers 200 before the join
+                raise Unavailable(f"node {self.cfg.Cluster.node} is joining cluster {self.cfg.Cluster.name!r}: "
+                                  "try again in a moment")
             if self._phase is not Phase.SERVING or self._cluster is None:
                 raise Unavailable(f"service is {self._phase}: the cluster cannot be changed now")
             return self._cluster
