@@ -694,14 +694,19 @@ class Supervisor:
             if self._phase is not Phase.SERVING:
                 raise Unavailable(f"service is {self._phase}: streams cannot be removed now")
             if not entry.removing:
-                entry.removing = True
-                child = self._ingest[entry.ingest]
-                if child.alive:
-                    child.control.put(RemoveStream(stream_id))
-                else:
-                    self._streams.drop(stream_id)
-                log.info("%s: removing", stream_id)
+                self._stop_stream(entry, "removing")
             return {"id": stream_id, "removing": True}
+
+    def _stop_stream(self, entry: StreamEntry, why: str) -> None:
+        """Ask the stream's ingest process to stop it (drained, then ``StreamRemoved``); if that process is down,
+        drop it at once. Under the lock."""
+        entry.removing = True
+        child = self._ingest[entry.ingest]
+        if child.alive:
+            child.control.put(RemoveStream(entry.id))
+        else:
+            self._streams.drop(entry.id)
+        log.info("%s: %s", entry.id, why)
 
     # -- the cluster (thread-safe; never calls the member while holding the lock: it calls us under its own) ---
     def _member(self) -> Any:
@@ -806,13 +811,7 @@ class Supervisor:
             entry = self._streams.get(stream_id)
             if entry is None or entry.removing:
                 return
-            entry.removing = True
-            child = self._ingest[entry.ingest]
-            if child.alive:
-                child.control.put(RemoveStream(stream_id))
-            else:
-                self._streams.drop(stream_id)
-            log.info("%s: stopping (cluster)", stream_id)
+            self._stop_stream(entry, "stopping (cluster)")
 
     def cluster_report(self) -> tuple[list[dict[str, Any]], int | None]:
         with self._lock:
