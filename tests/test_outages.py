@@ -235,7 +235,7 @@ def test_what_a_killed_worker_spooled_on_disk_is_published_by_its_successor(
         wait_for(lambda: serve.api("GET", "/healthz").body["workers"]["inference"] not in (None, victim), 60,
                  "a new inference worker")
         services("start", "kafka")
-        wait_for(lambda: "previous inference worker left on disk" in serve.log_text(), 60, "the old spool taken over")
+        wait_for(lambda: "left on disk go out first" in serve.log_text(), 60, "the old spool taken over")
         wait_for(lambda: serve.stream("clock")["counters"]["published"]["kafka"] > 0 and spooled(serve)["disk"] == 0,
                  180, "the taken-over spool published")
         assert serve.terminate() == 0, serve.log_text()[-3000:]
