@@ -121,3 +121,22 @@ def rtsp_base() -> str:
     value = os.environ.get("RTSP_BASE")
     assert value, 'RTSP_BASE is not set: start the services with `set -a; eval "$(scripts/services up)"; set +a`'
     return value.rstrip("/")
+
+
+# When a test fails, the logs its processes wrote under its tmp_path (a `vidrec serve`'s serve.log, a node's
+# log) are what tells why; CI keeps only the console, so their tails go into the failure report.
+LOG_TAIL_CHARS = 6000
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    tmp_path = getattr(item, "funcargs", {}).get("tmp_path")
+    if not isinstance(tmp_path, Path) or not tmp_path.is_dir():
+        return
+    for log_file in sorted(tmp_path.rglob("*.log"))[:6]:
+        text = log_file.read_text(errors="replace")
+        report.sections.append((f"tail of {log_file.relative_to(tmp_path)}", text[-LOG_TAIL_CHARS:]))
