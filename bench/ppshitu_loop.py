@@ -156,6 +156,8 @@ def main() -> int:
     parser.add_argument("--index-dir", type=Path, default=REPO / "out" / "sample_index")
     parser.add_argument("--profile", action="store_true", help="one more pass of each with stage clocks")
     parser.add_argument("-o", dest="override", action="append", default=[], help="more vidrec -o overrides (both)")
+    parser.add_argument("--video-o", dest="video_override", action="append", default=[],
+                        help="-o overrides for vidrec video only (e.g. Global.cpu_num_threads=1): the loop keeps the defaults")
     parser.add_argument("--loop-precision", choices=("same", "fp32"), default="fp32",
                         help="fp32 (default): the loop runs the fp32 models, as PP-ShiTu does on a CPU, and vidrec "
                              "video what Global.precision picks (int8 where its guard passed); same: one system")
@@ -163,7 +165,9 @@ def main() -> int:
     ensure_gallery(args.index_dir)
     clip = args.clip or fetched_media("vtest.avi")
     overrides = [f"IndexProcess.index_dir={args.index_dir}", TRACKER_OFF, *args.override]
-    cfg = load_config(None, overrides)
+    if args.video_override and args.loop_precision == "same":
+        parser.error("--video-o needs the loop's own system: leave out --loop-precision same")
+    cfg = load_config(None, [*overrides, *args.video_override])
     system = build_system(cfg)
     # The same networks and weights either way; what differs with fp32 is vidrec's int8 copy (issue 13 part 3).
     loop_cfg = cfg if args.loop_precision == "same" else load_config(None, [*overrides, "Global.precision=fp32"])
@@ -196,7 +200,8 @@ def main() -> int:
                 profiles[name] = (frames, seconds, dict(clocks.seconds))
 
     ratios = [v / l for v, l in zip(fps[video_name], fps[loop_name])]
-    print(f"clip: {clip.name}; config: {' '.join(overrides)}; loop precision {args.loop_precision}; cpu threads {cfg.Global.cpu_num_threads}; "
+    print(f"clip: {clip.name}; config: {' '.join(overrides)}; vidrec video only: {' '.join(args.video_override) or '-'}; "
+          f"loop precision {args.loop_precision}; cpu threads: video {cfg.Global.cpu_num_threads}, loop {loop_cfg.Global.cpu_num_threads}; "
           f"{os.cpu_count()} cores; {args.rounds} rounds (A B, B A, ...); load average at the end {load()}\n")
     print("| run | fps per round | median fps |")
     print("|---|---|---|")
