@@ -89,10 +89,9 @@ class DetectorSection(Section):
 
 
 class RecognizerSection(Section):
-    """vidrec: which file of ``Global.rec_inference_model_dir`` to load, and how a batch of crops uses the cores."""
+    """vidrec: which file of ``Global.rec_inference_model_dir`` to load."""
 
     model_file: str | None = Field(None, description="File in the model folder; default by backend: inference.onnx for onnx, inference.json / inference.pdmodel for paddle.")
-    split_batches: bool = Field(True, description="On CPU with ONNX Runtime: a call's crops run as Global.cpu_num_threads parts at once, one thread each, instead of one run on that many threads (models/recognizer.py).")
 
 
 class TrackerSection(Section):

@@ -2,19 +2,11 @@
 
 Unlike PP-ShiTu, which embeds one crop at a time, crops are batched (up to ``max_batch`` per run):
 the converted EfficientNet-Lite0 has a dynamic batch dimension.
-
-``lanes`` > 1 (CPU, ONNX Runtime): the crops of one call are split into that many parts, each preprocessed and
-run at once on a thread of its own against the same session (ONNX Runtime allows concurrent runs and lets go of
-the GIL, as OpenCV does), the session itself on ``runtime.num_threads`` (1 when splitting: the lanes are the
-parallelism). Small convolutions split badly across one run's threads: on this 2-core CPU the int8 Lite0 took
-4.3 ms a crop on one thread and 2.9-3.9 ms on two, i.e. a third of the second core lost to synchronising,
-where two single-threaded runs side by side lose next to nothing (docs/benchmarks.md).
 """
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +28,9 @@ class Recognizer:
         runtime: RuntimeOptions = RuntimeOptions(),
         max_batch: int = 32,
         identity: str | None = None,
-        lanes: int = 1,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        if lanes < 1:
-            raise ValueError(f"lanes must be >= 1, got {lanes}")
         self.model_path = Path(model_path)
         self.max_batch = max_batch
         # What made the embeddings, as galleries record it (``recognizer_identity``); None: unknown.
@@ -63,21 +52,11 @@ class Recognizer:
         batch_dim = inputs[0].shape[0] if inputs[0].shape else None
         # A model exported with a fixed batch (Paddle exports often fix it at 1) runs in chunks of that size.
         self._fixed_batch = batch_dim if isinstance(batch_dim, int) else None
-        self.lanes = lanes
-        self._lanes = ThreadPoolExecutor(lanes, thread_name_prefix="embed-lane") if lanes > 1 else None
 
     def embed(self, crops_rgb: Sequence[np.ndarray]) -> np.ndarray:
         """(n, D) float32, each row L2-normalised; n = 0 gives (0, D)."""
         if len(crops_rgb) == 0:
             return np.zeros((0, self.embedding_size), dtype=np.float32)
-        parts = min(self.lanes, len(crops_rgb))
-        if self._lanes is None or parts < 2:
-            return self._embed(crops_rgb)
-        bounds = [len(crops_rgb) * i // parts for i in range(parts + 1)]  # contiguous, sizes differ by one at most
-        futures = [self._lanes.submit(self._embed, crops_rgb[a:b]) for a, b in zip(bounds, bounds[1:])]
-        return np.concatenate([f.result() for f in futures])
-
-    def _embed(self, crops_rgb: Sequence[np.ndarray]) -> np.ndarray:
         chunk = self._fixed_batch or self.max_batch
         parts = []
         for start in range(0, len(crops_rgb), chunk):

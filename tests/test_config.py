@@ -152,16 +152,3 @@ IndexProcess:
 def test_parse_override_parses_yaml_values() -> None:
     assert parse_override("Global.image_shape=[3, 320, 320]") == (["Global", "image_shape"], [3, 320, 320])
     assert parse_override("Kafka.bootstrap=127.0.0.1:9092") == (["Kafka", "bootstrap"], "127.0.0.1:9092")
-
-
-@pytest.mark.parametrize("overrides, lanes", [
-    ([], 2),  # the default: as many one-thread parts as Global.cpu_num_threads
-    (["Global.cpu_num_threads=4"], 4),
-    (["Recognizer.split_batches=false"], 1),
-    (["Global.use_gpu=true"], 1),  # a GPU runs a batch whole
-    (["Global.backend=paddle"], 1),  # a Paddle predictor is not safe to run from two threads
-])
-def test_recognizer_lanes_follow_the_config(overrides: list[str], lanes: int) -> None:
-    from workers.system import recognizer_lanes
-
-    assert recognizer_lanes(load_config(None, overrides)) == lanes

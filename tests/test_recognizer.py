@@ -51,21 +51,6 @@ def test_chunking_does_not_change_results(lite0_onnx: Path, recognizer: Recogniz
     np.testing.assert_allclose(small.embed(crops), recognizer.embed(crops), atol=1e-5)
 
 
-@pytest.mark.parametrize("lanes, n", [(2, 1), (2, 2), (2, 5), (3, 5), (4, 3)])
-def test_lanes_split_a_call_without_changing_its_rows(lite0_onnx: Path, recognizer: Recognizer,
-                                                      photos: dict[str, np.ndarray], lanes: int, n: int) -> None:
-    crops = [photos["dog"], photos["bus"][100:900, 50:700], photos["person"], photos["zidane"], photos["dog"][:300, :400]][:n]
-    split = Recognizer(lite0_onnx, LITE0_OPS, runtime=RuntimeOptions(num_threads=1), lanes=lanes, max_batch=2)
-    got = split.embed(crops)
-    assert got.shape == (n, 1280)
-    np.testing.assert_allclose(got, recognizer.embed(crops), atol=1e-5)  # same rows, same order
-
-
-def test_lanes_must_be_positive(lite0_onnx: Path) -> None:
-    with pytest.raises(ValueError, match="lanes must be >= 1, got 0"):
-        Recognizer(lite0_onnx, LITE0_OPS, lanes=0)
-
-
 def test_missing_model_is_a_model_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=r"nothing\.onnx"):
         Recognizer(tmp_path / "nothing.onnx", LITE0_OPS)

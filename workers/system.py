@@ -5,7 +5,6 @@ The one place where config keys become model objects, shared by every command.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 
 from config import VidrecConfig
@@ -118,26 +117,15 @@ def build_detector(cfg: VidrecConfig) -> PicoDetDetector:
     )
 
 
-def recognizer_lanes(cfg: VidrecConfig) -> int:
-    """Parts a recognizer call splits into, each on one thread (``Recognizer.split_batches``): ONNX Runtime on
-    CPU only (a Paddle predictor is not safe to run from two threads; a GPU runs a batch whole)."""
-    g = cfg.Global
-    split = cfg.Recognizer.split_batches and g.backend == "onnx" and not g.use_gpu
-    return g.cpu_num_threads if split else 1
-
-
 def build_recognizer(cfg: VidrecConfig) -> Recognizer:
     folder, choice = model_choice(cfg, "recognizer")
     _log_choice(choice)
-    lanes = recognizer_lanes(cfg)
-    runtime = runtime_options(cfg)
     return Recognizer(
         choice.path,
         cfg.RecPreProcess.transform_ops,
-        runtime=runtime if lanes == 1 else replace(runtime, num_threads=1),
+        runtime=runtime_options(cfg),
         max_batch=cfg.IndexProcess.batch_size,
         identity=recognizer_identity(folder),
-        lanes=lanes,
     )
 
 
