@@ -27,7 +27,8 @@ Its parts, one job each:
 Cluster mode (`--cluster NAME`, docs/cluster.md): the streams come from the cluster's streams topic, not from
 the config: ``--stream``, the config's streams and ``POST``/``DELETE /streams`` write the topic
 (workers/cluster_specs.py), and a ``ClusterMember`` thread (workers/cluster_member.py) starts and stops here the
-streams of the partitions the consumer group gives this node (``cluster_start``/``cluster_stop``). On SIGTERM
+streams of the partitions the consumer group gives this node (``cluster_start``/``cluster_stop``); both belong to
+the node's ``ClusterNode`` (workers/cluster_node.py), which also answers ``GET /cluster``. On SIGTERM
 the node leaves the group first (its streams drain through the revocation), so the others take them at once.
 
 Failures: a worker that dies is started again after a backoff (1 s doubling to 30 s; workers/children.py).
@@ -65,7 +66,6 @@ from pydantic import ValidationError
 from config import VidrecConfig
 from config.schema import StreamSpec
 from stream.errors import SinkError
-from stream.live import redact
 from stream.states import StreamState
 from stream.transport import (
     free_dead_consumer_slots,
@@ -140,8 +140,7 @@ class Supervisor:
         self.service = cfg.Service
         self._initial = plans
         self._specs = specs or []  # cluster mode: the streams to write to the streams topic at start
-        self._cluster: Any = None  # workers/cluster_member.py ClusterMember, in cluster mode
-        self._spec_writer: Any = None
+        self._cluster: Any = None  # workers/cluster_node.py ClusterNode, in cluster mode
         self._cluster_started: dict[str, StreamSpec] = {}  # the spec of each stream the cluster started here
         self._cluster_refused: set[tuple[str, str]] = set()  # (id, reason) logged once
         self._http_addr = http
@@ -230,44 +229,28 @@ class Supervisor:
         return self.cfg.Cluster.name is not None
 
     def _join_cluster(self) -> None:
-        """Create the cluster's topics if needed, write the streams given at start, join the group."""
-        from workers.cluster_member import ClusterMember
-        from workers.cluster_specs import SpecWriter, ensure_topic, nodes_topic, streams_topic
+        """Join the cluster (workers/cluster_node.py) with the streams given at start."""
+        from workers.cluster_node import ClusterNode
 
-        topic = streams_topic(self.cfg)
-        try:
-            partitions = ensure_topic(self.cfg, topic, self.cfg.Cluster.partitions)
-            ensure_topic(self.cfg, nodes_topic(self.cfg), 1)
-            self._spec_writer = SpecWriter(self.cfg)
-            for spec in self._specs:
-                self._spec_writer.put(spec)
-            http = "%s:%d" % self._api.address if self._api is not None else None
-            self._cluster = ClusterMember(self.cfg, self, partitions=partitions, http=http, run_id=self.run_id)
-            self._cluster.start()
-        except Exception as exc:  # noqa: BLE001 - Kafka's errors, said in one line
-            raise ServiceError(f"cluster {self.cfg.Cluster.name!r}: cannot join through Kafka at "
-                               f"{self.cfg.Kafka.bootstrap}: {exc}") from None
-        log.info("cluster %s: node %s serving with %d ingest process(es) (run %s); %d stream(s) written to %s",
-                 self.cfg.Cluster.name, self.cfg.Cluster.node, len(self._ingest), self.run_id, len(self._specs), topic)
+        node = ClusterNode(self.cfg, self, run_id=self.run_id)
+        node.join(self._specs, http="%s:%d" % self._api.address if self._api is not None else None)
+        with self._lock:
+            self._cluster = node
+        log.info("cluster %s: node %s serving with %d ingest process(es) (run %s)",
+                 self.cfg.Cluster.name, self.cfg.Cluster.node, len(self._ingest), self.run_id)
 
     def _watch_cluster(self) -> None:
         """A node whose control thread failed runs nothing more (it stopped its streams): it stops, exit code 1,
         for its supervisor (systemd, compose, Kubernetes) to start it again."""
-        member = self._cluster
-        if member is not None and member.failure is not None and not self._stop.is_set():
-            self._set_failure(f"cluster {self.cfg.Cluster.name!r}: {member.failure}: stopping")
+        failure = self._cluster.failure if self._cluster is not None else None
+        if failure is not None and not self._stop.is_set():
+            self._set_failure(f"cluster {self.cfg.Cluster.name!r}: {failure}: stopping")
             self._stop.set()
 
     def _leave_cluster(self) -> None:
         """Leave the group (every stream here drains through the revocation) while the reports are pumped."""
-        member = self._cluster
-        if member is None:
-            return
-        leaving = threading.Thread(target=member.leave, name="cluster-leave", daemon=True)
-        leaving.start()
-        self._wait(lambda: member.left or self._abort, time.monotonic() + member.stop_wait_s + 35)
-        if self._spec_writer is not None:
-            self._spec_writer.close()
+        if self._cluster is not None:
+            self._cluster.leave(self._wait, lambda: self._abort)
 
     def _gallery_api(self) -> Any:
         if not self.cfg.IndexProcess.index_dir:
@@ -708,83 +691,35 @@ class Supervisor:
             self._streams.drop(entry.id)
         log.info("%s: %s", entry.id, why)
 
-    # -- the cluster (thread-safe; never calls the member while holding the lock: it calls us under its own) ---
-    def _member(self) -> Any:
+    # -- the cluster (thread-safe; never calls the node while holding the lock: its member calls us under its own) ---
+    def _node(self, *, changing: bool) -> Any:
+        """The joined ClusterNode, or the error that says why there is none (yet)."""
         with self._lock:
-            if self._phase is Phase.SERVING and self._cluster is None:  # /healthz answers 200 before the join
-                raise Unavailable(f"node {self.cfg.Cluster.node} is joining cluster {self.cfg.Cluster.name!r}: "
-                                  "try again in a moment")
-            if self._phase is not Phase.SERVING or self._cluster is None:
-                raise Unavailable(f"service is {self._phase}: the cluster cannot be changed now")
-            return self._cluster
+            node, phase = self._cluster, self._phase
+        if node is not None and (phase is Phase.SERVING or not changing):
+            return node
+        if changing and phase is Phase.SERVING:  # /healthz answers 200 before the join
+            raise Unavailable(f"node {self.cfg.Cluster.node} is joining cluster {self.cfg.Cluster.name!r}: "
+                              "try again in a moment")
+        if changing:
+            raise Unavailable(f"service is {phase}: the cluster cannot be changed now")
+        if self.clustered:
+            raise Unavailable(f"node {self.cfg.Cluster.node} is {phase} and not in the cluster yet")
+        raise NotFound("this node is not in a cluster (vidrec serve --cluster NAME)")
 
     def _cluster_add(self, spec: StreamSpec) -> dict[str, Any]:
-        """Write the spec to the streams topic; wait up to Cluster.place_wait_s for the node that runs it."""
-        from workers.cluster_view import cluster_streams
-
-        member = self._member()
-        if member.knows(spec.id):
-            raise Conflict(f"stream {spec.id!r} is already in cluster {self.cfg.Cluster.name!r}")
-        try:
-            self._spec_writer.put(spec)
-        except OSError as exc:
-            raise Unavailable(str(exc)) from None
-        deadline = time.monotonic() + self.cfg.Cluster.place_wait_s
-        while True:
-            placed = [v for v in cluster_streams({spec.id: spec}, member.live_nodes(), redact) if v["node"]]
-            if placed or time.monotonic() >= deadline:
-                break
-            time.sleep(0.1)
-        view = cluster_streams({spec.id: spec}, [], redact)[0]
-        return placed[0] if placed else view
+        return self._node(changing=True).add(spec)
 
     def _cluster_remove(self, stream_id: str) -> dict[str, Any]:
-        from workers.cluster_view import cluster_streams
-
-        member = self._member()
-        catalog = member.catalog()
-        if stream_id not in catalog:
-            raise NotFound(f"no stream {stream_id!r} in cluster {self.cfg.Cluster.name!r}")
-        runs = [v["node"] for v in cluster_streams({stream_id: catalog[stream_id]}, member.live_nodes(), redact)]
-        try:
-            self._spec_writer.remove(stream_id)
-        except OSError as exc:
-            raise Unavailable(str(exc)) from None
-        return {"id": stream_id, "removing": True, "node": runs[0]}
+        return self._node(changing=True).remove(stream_id)
 
     def cluster(self) -> dict[str, Any]:
-        """``GET /cluster``: every live node with its streams, the pending streams, the gallery check."""
-        from workers.cluster_view import cluster_streams, gallery_check
-
-        member = self._cluster
-        if member is None:
-            if self.clustered:
-                raise Unavailable(f"node {self.cfg.Cluster.node} is {self._phase} and not in the cluster yet")
-            raise NotFound("this node is not in a cluster (vidrec serve --cluster NAME)")
-        live = member.live_nodes()
-        warning = gallery_check({report.node: report.gallery_version for report, _age in live})
-        streams = cluster_streams(member.catalog(), live, redact)
-        return {
-            "cluster": self.cfg.Cluster.name,
-            "node": self.cfg.Cluster.node,
-            "member": member.state(),
-            "nodes": [{"node": r.node, "http": r.http, "run_id": r.run_id, "reported_at": round(r.reported_at, 3),
-                       "age_s": round(max(age, 0.0), 3), "partitions": r.partitions, "fenced": r.fenced,
-                       "gallery_version": r.gallery_version, "streams": r.streams} for r, age in live],
-            "pending": [v["id"] for v in streams if v["node"] is None],
-            "warnings": [warning] if warning else [],
-        }
+        """``GET /cluster``."""
+        return self._node(changing=False).view()
 
     def cluster_streams(self) -> list[dict[str, Any]]:
-        """``GET /streams?scope=cluster``: every stream of the cluster, where it runs and its state there."""
-        from workers.cluster_view import cluster_streams
-
-        member = self._cluster
-        if member is None:
-            if self.clustered:
-                raise Unavailable(f"node {self.cfg.Cluster.node} is {self._phase} and not in the cluster yet")
-            raise NotFound("this node is not in a cluster: scope=cluster needs vidrec serve --cluster NAME")
-        return cluster_streams(member.catalog(), member.live_nodes(), redact)
+        """``GET /streams?scope=cluster``."""
+        return self._node(changing=False).streams()
 
     # The ClusterHost protocol of workers/cluster_member.py (called by the member's thread and listener).
     def cluster_specs(self) -> dict[str, StreamSpec | None]:
@@ -825,9 +760,7 @@ class Supervisor:
     def metrics(self) -> bytes:
         text = m.render(self._collector)
         if self._cluster is not None:
-            from workers.cluster_metrics import render_cluster
-
-            text += render_cluster(self.cfg.Cluster.node or "", self._cluster)
+            text += self._cluster.metrics_text()
         return text
 
     def metrics_snapshot(self) -> m.ServiceMetrics:
