@@ -167,6 +167,10 @@ class ClusterMember:
             if self.section.static_membership:
                 member_config["group_instance_id"] = self.node
             self._member = KafkaConsumer(**client_config(self.cfg, f"vidrec-{self.node}-member"), **member_config)
+            # The member must know the topic's partitions before it joins: a clean-clone CI run saw the node that
+            # had just created the topic join with "no partition metadata" for it and never get a partition.
+            if not self._member.partitions_for_topic(self.topic):
+                raise OSError(f"topic {self.topic!r} has no partitions")
             self._member.subscribe([self.topic], listener=_Listener(self))
         except (KafkaError, OSError) as exc:
             self._close_clients()
