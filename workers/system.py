@@ -11,7 +11,7 @@ from config import VidrecConfig
 from models.errors import GalleryError, ModelError, ModelNotFoundError
 from models.detector import PicoDetDetector
 from models.gallery import GalleryIndex, recognizer_mismatch
-from models.recognizer import Recognizer, recognizer_identity
+from models.recognizer import Recognizer, colour_spec, recognizer_identity
 from models.resolve import REGISTRY, resolve_model_dir
 from models.runtime import RuntimeOptions
 from models.shitu import ShituParams, ShituSystem
@@ -56,7 +56,7 @@ def model_ref(ref: str, backend: str) -> str:
 
 
 # Registered ONNX models whose Paddle twin is not built (yet), and the nearest one that is.
-_NO_PADDLE_TWIN = {"efficientnet_lite0_ml": "efficientnet_lite0"}
+_NO_PADDLE_TWIN = {"efficientnet_lite0_ml": "efficientnet_lite0", "efficientnet_lite0_mlc": "efficientnet_lite0"}
 
 
 def locate(ref: str, configured: str | None, candidates: tuple[str, ...]) -> tuple[Path, str]:
@@ -126,6 +126,7 @@ def build_recognizer(cfg: VidrecConfig) -> Recognizer:
         runtime=runtime_options(cfg),
         max_batch=cfg.IndexProcess.batch_size,
         identity=recognizer_identity(folder),
+        colour=colour_spec(folder),
     )
 
 

@@ -24,6 +24,9 @@ Two embeddings, chosen by ``embedding=`` (each a model of its own, in its own fo
   classifier's 1280-d head feature is the least robust to crops, tilts and patches: it encodes the ImageNet
   class, which a partial view changes; the earlier, lower-level maps hold the object's own look. Centring
   removes the component every non-negative feature shares, which otherwise makes unrelated crops score 0.3-0.7.
+* ``"multilayer"`` with ``colour`` (``efficientnet_lite0_mlc``, the default recognizer): the same graph; its
+  ``source.json`` also records a colour descriptor that the recognizer fuses into every embedding
+  (models/colour_features.py).
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from models.colour_features import ColourSpec
 from models.errors import ModelError
 from models.export.torch_pickle import load_state_dict
 
@@ -121,12 +125,14 @@ GEM_P = 3.0
 
 def convert_efficientnet_lite0(
     pth_path: Path, out_dir: Path, *, expected_sha256: str | None = EFFICIENTNET_LITE0_PTH_SHA256,
-    embedding: Embedding = "avg",
+    embedding: Embedding = "avg", colour: ColourSpec | None = None,
 ) -> Path:
     """Write ``out_dir/inference.onnx`` (+ ``source.json``) from the state dict; returns the model path.
 
     ``expected_sha256=None`` skips the checksum (for a deliberately different file); the graph is still
     checked key by key and shape by shape. ``embedding`` picks the pooled feature (module docstring).
+    ``colour``: the crop's colour layout is fused into the embedding by the recognizer
+    (models/colour_features.py); recorded in ``source.json``, the graph is the same.
     """
     pth_path = Path(pth_path)
     state, digest = load_checked_state_dict(pth_path, expected_sha256)
@@ -153,6 +159,8 @@ def convert_efficientnet_lite0(
     if embedding == "multilayer":
         source["outputs"] = {"embedding": MULTILAYER_SIZE}
         source["centre_sha256"] = sha256_of(MULTILAYER_CENTRE)
+    if colour is not None:
+        source["colour"] = colour.to_json()
     _atomic_write(out_dir / "source.json", (json.dumps(source, indent=2) + "\n").encode())
     return model_path
 
