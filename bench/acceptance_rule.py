@@ -20,12 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.retrieval_variants import LITE0_OPS, VARIANTS, Variant, build_models, evaluate_split
+from bench.retrieval_variants import VARIANTS, Variant, build_models, build_recognizers, evaluate_split
 from models.gallery_eval import accept_point, suggest_acceptance
-from models.recognizer import Recognizer
 from workers.hard_set import build_hard_set
 
-CHOSEN = ("today (avg head)", "multilayer + grid9")
+CHOSEN = ("today (avg head)", "multilayer + grid9", "multilayer + colour + grid9")
 
 
 def pairs(queries: list[dict]) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
@@ -62,8 +61,9 @@ def main() -> int:
         print("| recognizer | rule | score_thres | margin_thres | tune precision | tune recall | "
               "report precision | report recall |")
         print("|---|---|---|---|---|---|---|---|")
+        recognizers = build_recognizers(paths, variants)
         for v in variants:
-            recognizer = Recognizer(paths[v.embedding], LITE0_OPS)
+            recognizer = recognizers[v.recognizer_key]
             tune_queries = [q for hard in tunes for q in evaluate_split(recognizer, hard, v)["queries"]]
             report_queries = evaluate_split(recognizer, report, v)["queries"]
             t_right, t_wrong = pairs(tune_queries)

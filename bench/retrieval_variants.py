@@ -11,7 +11,9 @@ Every variant is a real ONNX recognizer converted from the pinned EfficientNet-L
 - ``flip``: the query embedded twice (as is and mirrored) and averaged: twice the recognizer work;
 - ``grid9``: each gallery image's embedding is the mean over itself and nine crops
   (models/gallery_views.py): ten runs per gallery image at build time, nothing per query;
-- ``multilayer``: the pooled, centred maps of blocks 10, 14 and 15 (``efficientnet_lite0_ml``).
+- ``multilayer``: the pooled, centred maps of blocks 10, 14 and 15 (``efficientnet_lite0_ml``);
+- ``colour``: fused with the crop's colour layout, HSV histograms of 3 horizontal bands
+  (models/colour_features.py; ``efficientnet_lite0_mlc``, its weight chosen by bench/colour_weight.py).
 
 Quality: the tune split (mean over ``--tune-seeds``: the same photos, other hard views) is where variants
 are chosen; the report split (seed 0, other photos) is only reported. Cost: the query-side recognizer work
@@ -45,6 +47,7 @@ from models.export.efficientnet_lite import (
     default_weights_path,
     split_parts,
 )
+from models.colour_features import ColourSpec
 from models.gallery_eval import mean_average_precision, recall_at_k, relevance
 from models.gallery_views import GalleryAugment, gallery_views, mean_embedding
 from models.recognizer import Recognizer
@@ -65,6 +68,11 @@ class Variant:
     embedding: str  # converter embedding: avg | gem | multilayer
     augment: GalleryAugment = "none"
     flip: bool = False
+    colour: bool = False  # fused with the crop's colour layout (models/colour_features.py, default ColourSpec)
+
+    @property
+    def recognizer_key(self) -> str:
+        return self.embedding + (" + colour" if self.colour else "")
 
 
 VARIANTS = (
@@ -77,7 +85,14 @@ VARIANTS = (
     Variant("multilayer + flip", "multilayer", flip=True),
     Variant("multilayer + grid9", "multilayer", "grid9"),
     Variant("multilayer + grid9 + flip", "multilayer", "grid9", flip=True),
+    Variant("multilayer + colour + grid9", "multilayer", "grid9", colour=True),
 )
+
+
+def build_recognizers(paths: dict[str, Path], variants: tuple[Variant, ...] | list[Variant]) -> dict[str, Recognizer]:
+    """One recognizer per ``Variant.recognizer_key`` (a model, with or without the colour descriptor)."""
+    return {v.recognizer_key: Recognizer(paths[v.embedding], LITE0_OPS, colour=ColourSpec() if v.colour else None)
+            for v in variants}
 
 
 def read_list(hard: HardSet, list_file: Path) -> list[tuple[np.ndarray, str]]:
@@ -144,11 +159,11 @@ def timing(recognizers: dict[str, Recognizer], crops: list[np.ndarray], rounds: 
     wall: dict[str, list[float]] = {v.name: [] for v in VARIANTS}
     cpu: dict[str, list[float]] = {v.name: [] for v in VARIANTS}
     for v in VARIANTS:  # warm-up: first runs allocate
-        embed_queries(recognizers[v.embedding], crops[:4], v.flip)
+        embed_queries(recognizers[v.recognizer_key], crops[:4], v.flip)
     for r in range(rounds):
         order = VARIANTS if r % 2 == 0 else VARIANTS[::-1]
         for v in order:
-            rec = recognizers[v.embedding]
+            rec = recognizers[v.recognizer_key]
             w0, c0 = time.perf_counter(), time.process_time()
             embed_queries(rec, crops, v.flip)
             wall[v.name].append(time.perf_counter() - w0)
@@ -205,11 +220,11 @@ def main() -> int:
             f"tune{s}": build_hard_set(work / f"tune{s}", split="tune", seed=s) for s in args.tune_seeds}
         splits["report"] = build_hard_set(work / "report", split="report", seed=0)
         paths = build_models(work / "models", {v.embedding for v in VARIANTS})
-        recognizers = {e: Recognizer(p, LITE0_OPS) for e, p in paths.items()}
+        recognizers = build_recognizers(paths, VARIANTS)
         results: dict[str, dict] = {}
         if not args.cost_only:
             for v in VARIANTS:
-                results[v.name] = {name: evaluate_split(recognizers[v.embedding], hard, v) for name, hard in splits.items()}
+                results[v.name] = {name: evaluate_split(recognizers[v.recognizer_key], hard, v) for name, hard in splits.items()}
         report = splits["report"]
         crops = [i for i, _ in read_list(report, report.queries_file) + read_list(report, report.unknown_file)]
         cost = timing(recognizers, crops[:args.crops], args.rounds)
