@@ -51,15 +51,15 @@ class IndexProcessSection(Section):
     index_operation: Literal["new", "append", "remove"] = "new"
     delimiter: str = Field("\t", min_length=1)
     dist_type: Literal["IP", "L2"] = Field("IP", description="hamming (binary features) is not supported.")
-    embedding_size: int = Field(1456, ge=1)
+    embedding_size: int = Field(1840, ge=1)
     batch_size: int = Field(32, ge=1, le=4096, description="Images per recognizer call while building a gallery.")
     return_k: int = Field(5, ge=1, le=1000)
     # Scores are similarities in [-1, 1] for both dist types (see models/gallery.py), so a
     # threshold outside that range could never (or always) match.
-    score_thres: float = Field(0.46, ge=-1.0, le=1.0)
+    score_thres: float = Field(0.40, ge=-1.0, le=1.0)
     # vidrec's own (docs/ppshitu-compat.md): an answer is kept only when its score also beats the best entry
     # of another label by this much (0: PP-ShiTu's rule, the score alone).
-    margin_thres: float = Field(0.17, ge=0.0, le=2.0)
+    margin_thres: float = Field(0.16, ge=0.0, le=2.0)
     # vidrec's own: views of each gallery image averaged into its one embedding (models/gallery_views.py).
     gallery_augment: Literal["none", "grid9"] = "grid9"
 

@@ -183,11 +183,11 @@ def test_cli_gallery_eval_prints_the_metric_lines(tmp_path: Path, repo_dir: Path
     assert lines[:3] == ["recall@1: 1.000", "recall@5: 1.000", "mAP: 1.000"]
     suggestion = re.fullmatch(r"suggested score_thres: (-?\d\.\d\d) \(precision 1\.00, recall 1\.00\)", lines[3])
     assert suggestion, lines[3]
-    assert re.fullmatch(r"current score_thres: 0\.46 \(precision \S+, recall \S+\)", lines[4]), lines[4]
+    assert re.fullmatch(r"current score_thres: 0\.40 \(precision \S+, recall \S+\)", lines[4]), lines[4]
     # every right answer kept with no wrong one: the suggested rule keeps all five, the defaults at least 4
     assert re.fullmatch(r"suggested acceptance: score_thres -?\d\.\d\d, margin_thres \d\.\d\d "
                         r"\(precision 1\.00, recall 1\.00\)", lines[5]), lines[5]
-    current = re.fullmatch(r"current acceptance: score_thres 0\.46, margin_thres 0\.17 \(precision (\S+), recall (\S+)\)", lines[6])
+    current = re.fullmatch(r"current acceptance: score_thres 0\.40, margin_thres 0\.16 \(precision (\S+), recall (\S+)\)", lines[6])
     assert current and current[1] == "1.00" and float(current[2]) >= 0.8, lines[6]
     assert "7 queries (5 with a label in the gallery)" in proc.stderr
 

@@ -233,7 +233,7 @@ def test_embedding_size_differing_from_the_index_names_both(tmp_path: Path, imag
     with pytest.raises(GalleryError) as err:
         append_gallery(_cfg(_write(tmp_path / "more.txt", MORE), image_root, index_dir), recognizer)
     message = str(err.value)
-    assert str(index_dir) in message and "16-d" in message and "1456-d" in message
+    assert str(index_dir) in message and "16-d" in message and "1840-d" in message
     assert recognizer.crops == 0
 
 
@@ -288,4 +288,4 @@ def test_cli_append_remove_list(tmp_path: Path, image_root: Path, model_dir: Pat
         "4\tgabled house\thouse.png",
         "5\taloe pot\tpot.png",
     ]
-    assert "version 3, 5 entries, 5 labels, Flat, IP, 1456-d" in proc.stderr
+    assert "version 3, 5 entries, 5 labels, Flat, IP, 1840-d" in proc.stderr
