@@ -106,6 +106,7 @@ class TrackerSection(Section):
     embed_growth: float = Field(1.2, gt=1.0, le=100.0, description="Recognise a track's crop again when its box area has grown by this factor since the last time.")
     min_votes: int = Field(2, ge=1, le=1000, description="Attempts an answer needs of its own before it names (or unnames) a track.")
     min_share: float = Field(0.0, ge=0.0, le=1.0, description="Share of a track's attempts that must each pass the acceptance rule for its leading label to name it (0: off).")
+    unique_labels: bool = Field(False, description="The gallery names individuals (people, vehicles), not kinds: a label names at most one live track of a stream, the one whose answer is strongest.")
 
 
 class VideoSection(Section):

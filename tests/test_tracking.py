@@ -15,6 +15,7 @@ from models.tracking import (
     needs_embedding,
 )
 from models.tracking.tracks import thumbnail
+from models.tracking.votes import VoteRule
 
 POLICY = EmbedPolicy(every=10, growth=1.2)
 
@@ -172,6 +173,52 @@ def test_embeddings_of_a_walking_track_and_a_gallery_swap() -> None:
     assert embedded == [1, 2, 12, 17, 18]
     track = tracks.tracks[1]
     assert (track.votes.label, track.votes.attempts, track.votes.tallied) == ("alice", 5, 2)
+
+
+def _two_walkers(unique: bool, similarities: list[tuple[float, float]]) -> tuple[StreamTracks, list]:
+    """Two tracks side by side whose every attempt answers "alice", at the given (left, right) similarities
+    per frame; returns the tracks and every labelled change as (track id, previous label, label)."""
+    tracks = StreamTracks(TrackingParams(embed=EmbedPolicy(every=1, growth=1.2), votes=VoteRule(score_thres=0.5),
+                                         unique_labels=unique))
+    changes = []
+    for n, pair in enumerate([(0.0, 0.0), *similarities]):
+        p = plan(tracks, [[10 + n, 10, 50 + n, 90], [300 - n, 10, 340 - n, 90]], n / 25, n)
+        for row, similarity in enumerate(pair):
+            track_id = int(p.track_ids[row])
+            if track_id >= 0 and p.embed[row]:
+                for c in tracks.record(track_id, label="alice", similarity=similarity, box_area=3200.0,
+                                       frame_area=640 * 480, frame_index=n, capture_time=0.0):
+                    changes.append((c.track.track_id, c.previous_label, c.track.label))
+    return tracks, changes
+
+
+@pytest.mark.parametrize(("unique", "similarities", "labels", "changes"), [
+    # kinds (the default): both tracks are "alice" once their votes settle
+    (False, [(0.9, 0.7), (0.9, 0.7)], {1: "alice", 2: "alice"}, [(1, None, "alice"), (2, None, "alice")]),
+    # individuals: the stronger answer holds the label, the weaker track stays unnamed (no change for it)
+    (True, [(0.9, 0.7), (0.9, 0.7)], {1: "alice", 2: None}, [(1, None, "alice")]),
+    # individuals: the other track's answer grows stronger (its two best views' mean, 1.0 > 0.9): it takes the label
+    (True, [(0.9, 0.7), (0.9, 0.7), (0.9, 1.0), (0.9, 1.0)], {1: None, 2: "alice"},
+     [(1, None, "alice"), (2, None, "alice"), (1, "alice", None)]),
+    # individuals, a tie: the holder keeps it
+    (True, [(0.8, 0.8), (0.8, 0.8), (0.8, 0.8)], {1: "alice", 2: None}, [(1, None, "alice")]),
+])
+def test_unique_labels_name_one_track_at_a_time(unique, similarities, labels, changes) -> None:
+    tracks, got = _two_walkers(unique, similarities)
+    assert {i: t.votes.label for i, t in tracks.tracks.items()} == labels
+    assert got == changes
+
+
+def test_a_unique_label_is_free_again_when_its_track_ends() -> None:
+    tracks, _ = _two_walkers(True, [(0.9, 0.7), (0.9, 0.7)])
+    assert tracks.tracks[2].votes.label is None
+    # the holder leaves the frame for good; the other's next attempt names it
+    for n in range(3, 40):
+        p = plan(tracks, [[300 - n, 10, 340 - n, 90]], n / 25, n)
+        if p.embed[0] and int(p.track_ids[0]) == 2:
+            tracks.record(2, label="alice", similarity=0.7, box_area=3200.0, frame_area=640 * 480, frame_index=n,
+                          capture_time=0.0)
+    assert 1 not in tracks.tracks and tracks.tracks[2].votes.label == "alice"
 
 
 def test_a_growing_box_is_embedded_again() -> None:

@@ -176,4 +176,5 @@ def tracking_params(cfg: VidrecConfig) -> TrackingParams | None:
         embed=EmbedPolicy(every=t.embed_every, growth=t.embed_growth),
         votes=VoteRule(min_votes=t.min_votes, score_thres=cfg.IndexProcess.score_thres,
                        margin_thres=cfg.IndexProcess.margin_thres, min_share=t.min_share),
+        unique_labels=t.unique_labels,
     )

@@ -204,11 +204,10 @@ class TrackedSystem:
                 continue
             if answer is not None:
                 label, score, margin, crop = answer
-                change = tracks.record(track_id, label=label, similarity=score, box_area=(box[2] - box[0]) * (box[3] - box[1]),
-                                       frame_area=frame_area, frame_index=meta.index, capture_time=meta.capture_time,
-                                       crop_rgb=crop, margin=margin)
-                if change is not None:
-                    changes.append(change)
+                changes.extend(tracks.record(track_id, label=label, similarity=score,
+                                             box_area=(box[2] - box[0]) * (box[3] - box[1]), frame_area=frame_area,
+                                             frame_index=meta.index, capture_time=meta.capture_time, crop_rgb=crop,
+                                             margin=margin))
             votes = tracks.tracks[track_id].votes
             out.append(RecognizedBox(box, float(plan.det_scores[row]), int(plan.class_ids[row]), votes.label,
                                      votes.score, track_id=track_id, embedded=answer is not None))

@@ -9,6 +9,13 @@ attempts than the vote needs (``min_votes``) is embedded on each of its frames, 
 ``min_votes`` frames, not ``min_votes × every``. Other frames reuse the track's answer. The whole-frame box (PP-ShiTu's) has no track: it is embedded every ``every`` frames of
 the stream and on a gallery change, and its last answer stands in between.
 
+With ``unique_labels`` (for galleries of individuals: people, a fleet's vehicles, rather than kinds of product),
+a label names at most one live track of a stream at a time: the track whose answer is stronger (its vote's
+``score``) holds it, and a weaker claimant stays unnamed until it outvotes the holder or the holder ends. One
+person is in one place; a look-alike walker whose best views pass the rule is then not given their name while
+they are in view (on vtest.avi's enrol-and-find scenario, "B jeans" otherwise also named other walkers' tracks;
+docs/benchmarks.md). Off by default: a gallery of products has many of each on a shelf.
+
 Memory: a track lives while the tracker keeps it (``lost_track_s`` after its last detection), so a stream holds
 at most about ``max_det_results`` × frames-per-``lost_track_s`` tracks; each holds its tallies and one small crop.
 """
@@ -45,6 +52,7 @@ class TrackingParams:
     tracker: TrackerParams = field(default_factory=TrackerParams)
     embed: EmbedPolicy = field(default_factory=EmbedPolicy)
     votes: VoteRule = field(default_factory=VoteRule)
+    unique_labels: bool = False  # a label names at most one live track of a stream (module docstring)
 
 
 def needs_embedding(*, attempts: int, frames_since: int, area: float, embedded_area: float,
@@ -206,19 +214,36 @@ class StreamTracks:
 
     def record(self, track_id: int, *, label: str | None, similarity: float, box_area: float, frame_area: float,
                frame_index: int, capture_time: float, crop_rgb: np.ndarray | None = None,
-               margin: float = math.inf) -> TrackChange | None:
-        """One recognition attempt of a track; the ``labelled`` change when its label changed."""
+               margin: float = math.inf) -> list[TrackChange]:
+        """One recognition attempt of a track; a ``labelled`` change for each track whose label changed (this one,
+        and with ``unique_labels`` the track it took the label from)."""
         track = self.tracks[track_id]
         weight = attempt_weight(similarity, box_area=box_area, frame_area=frame_area)
         before = track.votes.label
-        changed = track.votes.add(label, similarity, weight, margin)
+        track.votes.add(label, similarity, weight, margin)
+        changes: list[TrackChange] = []
+        if self.params.unique_labels and track.votes.label is not None:
+            holder = self._holder(track.votes.label, besides=track_id)
+            if holder is not None:
+                if (holder.votes.score or 0.0) >= (track.votes.score or 0.0):
+                    track.votes.unname()  # the holder's answer is at least as strong: it keeps the label
+                else:
+                    taken_from = holder.votes.label
+                    holder.votes.unname()
+                    changes.append(TrackChange("labelled", TrackSnapshot.of(holder), frame_index, capture_time,
+                                               previous_label=taken_from))
         if weight > track.best_weight:
             track.best_weight, track.best_box, track.best_frame = weight, track.box, frame_index
             if crop_rgb is not None and crop_rgb.size:
                 track.thumbnail_rgb = thumbnail(crop_rgb)
-        if changed:
-            return TrackChange("labelled", TrackSnapshot.of(track), frame_index, capture_time, previous_label=before)
-        return None
+        if track.votes.label != before:
+            changes.insert(0, TrackChange("labelled", TrackSnapshot.of(track), frame_index, capture_time,
+                                          previous_label=before))
+        return changes
+
+    def _holder(self, label: str, *, besides: int) -> Track | None:
+        """The live track other than ``besides`` that ``label`` names, if any (at most one, by construction)."""
+        return next((t for t in self.tracks.values() if t.track_id != besides and t.votes.label == label), None)
 
     def forget_labels_not_in(self, labels: frozenset[str], *, frame_index: int,
                              capture_time: float) -> list[TrackChange]:

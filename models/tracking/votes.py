@@ -123,6 +123,11 @@ class Votes:
             self.score = mine.strength  # same answer; a better view raises it
         return self.label != before
 
+    def unname(self) -> None:
+        """Unname the track, tallies kept: another track holds its label (``unique_labels``, models/tracking/
+        tracks.py). Its next attempt decides again, as any attempt does."""
+        self.label = self.score = None
+
     def restart(self) -> None:
         """Forget the tallies (a new gallery version) but keep the answer until the new votes settle."""
         self._tallies.clear()
