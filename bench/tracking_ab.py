@@ -60,7 +60,10 @@ TRACKER_ON, TRACKER_OFF = "Tracker.enabled=true", "Tracker.enabled=false"
 # look alike to an ImageNet feature, so a stricter score and a smaller margin than the defaults for objects; with
 # tracking, the vote's share of passing views too (tests/test_tracking_quality.py SCENARIO_OVERRIDES, chosen with
 # the score on the tune split).
-SCENARIO_THRESHOLDS = ("IndexProcess.score_thres=0.8", "IndexProcess.margin_thres=0.08", "Tracker.min_share=0.5")
+# Its gallery holds individuals, so a label names one track at a time (Tracker.unique_labels), and with that one
+# passing view names a track (min_votes 1: what ``tune`` chose on the tune split; its trials override it).
+SCENARIO_THRESHOLDS = ("IndexProcess.score_thres=0.8", "IndexProcess.margin_thres=0.08", "Tracker.min_share=0.5",
+                       "Tracker.unique_labels=true", "Tracker.min_votes=1")
 
 
 def load() -> str:

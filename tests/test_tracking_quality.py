@@ -25,14 +25,14 @@ from workers.recognition import RecognitionStep
 from workers.system import build_recognizer, build_system, tracking_params
 
 # The scenario's settings (as in the untracked test): more, weaker boxes so that tracks are not lost in groups;
-# a track is named when its vote reaches 0.85 and leads other labels by 0.08 with the default recognizer,
-# efficientnet_lite0_ml (issue 13; the score was 0.75 with efficientnet_lite0, whose scores sit lower). 0.85 was
-# chosen on the tune split (A, B: F1 0.46 against 0.37 at 0.80; 0.90 names no one); the margin is the per-frame
-# test's, four enrolled people being alike.
-# People look alike to an ImageNet feature: a stricter score and a smaller margin than the defaults for objects,
-# and the vote's share of passing views (Tracker.min_share), the three chosen together on the tune split (A, B).
+# the per-frame test's acceptance rule (score 0.80, margin 0.08: four enrolled people being alike) and the vote's
+# share of passing views (Tracker.min_share 0.5), chosen with efficientnet_lite0_ml on the tune split (A, B).
+# Its gallery holds individuals, so a label names one track at a time (Tracker.unique_labels); with that, the
+# Tracker tuner (bench/tracking_ab.py tune, on A and B only) takes one passing view as enough to name a track
+# (min_votes 1: F1 0.661 -> 0.731, fewer crops), with efficientnet_lite0_mlc (docs/benchmarks.md).
 SCENARIO_OVERRIDES = ("Global.threshold=0.3", "Global.max_det_results=10", "IndexProcess.score_thres=0.80",
-                      "IndexProcess.margin_thres=0.08", "Tracker.min_share=0.5")
+                      "IndexProcess.margin_thres=0.08", "Tracker.min_share=0.5", "Tracker.unique_labels=true",
+                      "Tracker.min_votes=1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +178,7 @@ def test_pedestrians_are_named_along_their_tracks(tmp_path: Path, vtest_avi: Pat
     ranges = split_ranges(PEDESTRIANS)
     frames = read_frames(vtest_avi, {i for r in ranges for i in r})
     cfg = enrol(tmp_path, frames)
-    assert cfg.Tracker.enabled, "the scenario runs with the default Tracker settings"
+    assert cfg.Tracker.enabled, "the scenario runs with tracking on"
     system = build_system(cfg)
     names = system.detector.class_names
     step = RecognitionStep(system, class_names=names, tracking=tracking_params(cfg))
@@ -187,18 +187,16 @@ def test_pedestrians_are_named_along_their_tracks(tmp_path: Path, vtest_avi: Pat
     print("\n" + "\n".join(result.lines))
     print(f"pedestrians with tracking: precision {result.precision:.3f}, recall {result.recall:.3f}, "
           f"{result.changes_per_s:.2f} label changes per track-second, {crops / len(shown):.2f} crops per frame")
-    # Measured with efficientnet_lite0_ml in fp32 (as the tests run it) at 0.80 / margin 0.08 / min_share 0.5:
-    # precision 0.730, recall 0.575, 0.38 label changes per track-second, 1.49 crops per frame (at 0.85 without a
-    # share: 0.726 / 0.562 / 0.19; with the int8 recognizer this CPU runs by default: 0.817 / 0.669, against
-    # 0.726 / 0.562). Before, with efficientnet_lite0 at 0.75 and the default Tracker
-    # settings (docs/benchmarks.md, "Tracking on vs off"): precision 0.689
-    # (84/122), recall 0.525 (84/160), 0.31 label changes per track-second (5 in 16 s), 1.49 crops per frame; the
-    # same frames without tracking: 0.723 / 0.506, 2.12 changes/s, 11.0 crops/frame. Per person: C and D are named
-    # from their first good views on and keep their names; "A dark coat" is never named (this recognizer tells
-    # A from the other dark coats only in 4 of 40 frames, one by one), and "B jeans" also names another walker's
-    # track, as it does frame by frame. (With the first vote rule, where near misses voted "unknown", it was
-    # 0.531 / 0.269.) The floors sit a little under the measurement, to catch a loss rather than one vote moving.
-    assert result.precision >= 0.6
-    assert result.recall >= 0.45
-    assert result.changes_per_s <= 0.5
+    # Measured with efficientnet_lite0_mlc in fp32 (as the tests run it), the scenario's settings above: precision
+    # 0.962 (128/133), recall 0.800 (128/160), 0.69 label changes per track-second (11 in 16 s), 1.24 crops per
+    # frame; frame by frame the same frames give 0.905 / 0.838 and 0.56 changes/s (docs/benchmarks.md, "Colour
+    # layout in the embedding"). Issue 11 asks 0.9 / 0.7 of these people: the floors are that target. Label
+    # changes: each person's first naming is one (a fresh track is unnamed until its first attempt), and "A dark
+    # coat" is named in 14 of 40 frames, with three more changes; frame by frame C and D are named on every
+    # frame, so tracking cannot make fewer changes than that here. With efficientnet_lite0_ml the same test
+    # measured 0.730 / 0.575 / 0.38 (A was never named, so it made no changes); with efficientnet_lite0 and
+    # without tracking 0.723 / 0.506 / 2.12.
+    assert result.precision >= 0.9
+    assert result.recall >= 0.7
+    assert result.changes_per_s <= 0.9
     assert crops / len(shown) <= 2.0
