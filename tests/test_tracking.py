@@ -199,7 +199,7 @@ def _two_walkers(unique: bool, similarities: list[tuple[float, float]]) -> tuple
     (True, [(0.9, 0.7), (0.9, 0.7)], {1: "alice", 2: None}, [(1, None, "alice")]),
     # individuals: the other track's answer grows stronger (its two best views' mean, 1.0 > 0.9): it takes the label
     (True, [(0.9, 0.7), (0.9, 0.7), (0.9, 1.0), (0.9, 1.0)], {1: None, 2: "alice"},
-     [(1, None, "alice"), (2, None, "alice"), (1, "alice", None)]),
+     [(1, None, "alice"), (1, "alice", None), (2, None, "alice")]),
     # individuals, a tie: the holder keeps it
     (True, [(0.8, 0.8), (0.8, 0.8), (0.8, 0.8)], {1: "alice", 2: None}, [(1, None, "alice")]),
 ])

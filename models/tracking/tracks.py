@@ -215,8 +215,8 @@ class StreamTracks:
     def record(self, track_id: int, *, label: str | None, similarity: float, box_area: float, frame_area: float,
                frame_index: int, capture_time: float, crop_rgb: np.ndarray | None = None,
                margin: float = math.inf) -> list[TrackChange]:
-        """One recognition attempt of a track; a ``labelled`` change for each track whose label changed (this one,
-        and with ``unique_labels`` the track it took the label from)."""
+        """One recognition attempt of a track; a ``labelled`` change for each track whose label changed: with
+        ``unique_labels``, first the track it took the label from (so no two tracks ever hold it), then this one."""
         track = self.tracks[track_id]
         weight = attempt_weight(similarity, box_area=box_area, frame_area=frame_area)
         before = track.votes.label
@@ -237,8 +237,8 @@ class StreamTracks:
             if crop_rgb is not None and crop_rgb.size:
                 track.thumbnail_rgb = thumbnail(crop_rgb)
         if track.votes.label != before:
-            changes.insert(0, TrackChange("labelled", TrackSnapshot.of(track), frame_index, capture_time,
-                                          previous_label=before))
+            changes.append(TrackChange("labelled", TrackSnapshot.of(track), frame_index, capture_time,
+                                       previous_label=before))
         return changes
 
     def _holder(self, label: str, *, besides: int) -> Track | None:
