@@ -274,6 +274,29 @@ def _video_args(vtest_avi: Path, index_dir: Path) -> list[str | Path]:
             "-o", "Global.max_det_results=10", "-o", "IndexProcess.score_thres=0.8"]
 
 
+def _frames_naming_the_van(root: Path, crops: Path, vtest_head: Path, data_file_text: str) -> set[int]:
+    """The frames in which a run whose gallery holds ``data_file_text`` from its start names the van.
+
+    With tracking (the default) the van is not named on every frame whatever the gallery: walkers pass in front
+    of it (frames ~156–186 of the clip), the detector loses it or scores it under the tracker's activation
+    threshold, and the fresh track that follows is unnamed until its votes settle. A running job's gallery
+    change is judged on the frames this reference run names it in, so where in the clip the change lands (it
+    depends on the machine's speed) does not decide the outcome.
+    """
+    root.mkdir()
+    data_file, index_dir, out = root / "data_file.txt", root / "index", root / "reference.jsonl"
+    data_file.write_text(data_file_text)
+    build = run_vidrec("gallery", "build", *_gallery_config(data_file, crops, index_dir))
+    assert build.returncode == 0, build.stderr
+    video = run_vidrec("video", *_video_args(vtest_head, index_dir), "--json", out, "--no-progress")
+    assert video.returncode == 0, video.stderr
+    results = read_jsonl(out)
+    assert [r["frame_index"] for r in results] == FRAMES
+    named = {r["frame_index"] for r in results if _van_named(r)}
+    assert len(named) >= 0.6 * len(FRAMES), f"the reference run names the van in {len(named)} frames"
+    return named
+
+
 def test_running_video_picks_up_append_then_remove(tmp_path: Path, crops: Path, vtest_head: Path, model_dir: Path) -> None:
     index_dir = tmp_path / "index"
     first = tmp_path / "first.txt"
@@ -319,9 +342,17 @@ def test_running_video_picks_up_append_then_remove(tmp_path: Path, crops: Path, 
         for obj in r["objects"]:
             if obj["label"] == VAN:
                 assert _iou(obj["bbox"], VAN_BOX) >= 0.5, obj
-    named = sum(_van_named(r) for r in by_version[2])
-    print(f"van named in {named} of {len(by_version[2])} version-2 frames")
-    assert named >= 0.8 * len(by_version[2])
+    # Named on the frames a run with version 2's gallery from its start names it in, from the first frame
+    # version 2 named it on (the wait above saw it): its votes restart at the change and settle on the next frames.
+    reference = _frames_naming_the_van(tmp_path / "reference", crops, vtest_head,
+                                       f"walker.png\twalker in black\nvan.png\t{VAN}\n")
+    version_2 = by_version[2]
+    first_named = next(i for i, r in enumerate(version_2) if _van_named(r))
+    settled = [r for r in version_2[first_named:] if r["frame_index"] in reference]
+    named = sum(_van_named(r) for r in settled)
+    print(f"van named in {named} of the {len(settled)} version-2 frames from its first naming on (result {first_named} "
+          f"of {len(version_2)}) that a run with this gallery from the start names it in")
+    assert named >= 0.9 * len(settled)
     assert "version 2 loaded" in video.stderr() and "version 3 loaded" in video.stderr()
 
 
@@ -350,8 +381,11 @@ def test_running_video_keeps_its_gallery_when_the_new_one_is_broken(
 
     assert [r["frame_index"] for r in results] == FRAMES
     assert {r["gallery_version"] for r in results} == {1}
-    after = results[seen:]
-    assert sum(_van_named(r) for r in after) >= 0.8 * len(after)  # still recognising with the old gallery
+    # still recognising with the old gallery, where a run with it and no broken one names the van
+    reference = _frames_naming_the_van(tmp_path / "reference", crops, vtest_head, f"van.png\t{VAN}\n")
+    after = [r for r in results[seen:] if r["frame_index"] in reference]
+    assert len(after) > 0
+    assert sum(_van_named(r) for r in after) >= 0.9 * len(after)
     warnings = [line for line in video.stderr().splitlines() if "was not loaded" in line]
     assert len(warnings) == 1, video.stderr()
     assert str(index_dir) in warnings[0] and "not a faiss index" in warnings[0]
