@@ -378,9 +378,9 @@ def run_once(args: argparse.Namespace, cameras: int, max_batch: int | None, trac
     else:
         result.notes.append("no final counters line in the service's log")
     lines = [ln for ln in text.splitlines() if "final: {" not in ln]
-    # "<model> runs in fp32 (int8 guard failed ...)" is the start-up's precision choice, not trouble
+    # "detector: fp32, <file> (int8 guard failed: ...)" is the start-up's precision choice, not trouble
     trouble = [ln for ln in lines if re.search(r"Traceback|\bfailed\b|\berror\b", ln, re.IGNORECASE)
-               and " runs in " not in ln]
+               and "int8 guard failed" not in ln]
     if trouble:
         result.notes.append(f"{len(trouble)} error line(s) in the log, first: {trouble[0].strip()[:200]}")
     outages = sum(1 for ln in lines if re.search(r"-> (stalled|reconnecting)", ln))
