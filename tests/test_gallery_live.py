@@ -1,6 +1,6 @@
 """A running `vidrec video` picks up gallery changes without a restart, and survives a broken one.
 
-The end-to-end tests run the real CLI on the first 360 frames of vtest.avi (pedestrians, a white van parked at the
+The end-to-end tests run the real CLI on the first 720 frames of vtest.avi (pedestrians, a white van parked at the
 top right the whole time; every 3rd frame) in a subprocess, follow its results in the JSONL ``.partial`` file as
 they are written, and change the gallery with the real `vidrec gallery` commands meanwhile.
 """
@@ -237,12 +237,12 @@ def _gallery_config(data_file: Path, image_root: Path, index_dir: Path) -> list[
             "-o", f"IndexProcess.index_dir={index_dir}"]
 
 
-# The first 360 frames (36 s), every 3rd of them: 120 results. The gallery changes happen within the first
-# seconds of the run (measured on two busy cores: version 3 from result 14 on; the broken gallery's warning after
-# result 2, so its 20 more results end at result 22), and the rest only shows that the job carries on: 120
-# results leave a wide margin. Recognising 10 boxes a frame costs ~0.2 CPU-s, so all 795 frames would cost each
-# run another half minute and prove nothing further.
-CLIP_FRAMES = 360
+# The first 720 frames (72 s), every 3rd of them: 240 results. The gallery changes happen within the first
+# seconds of the run, and the rest only shows that the job carries on. With tracking a result costs ~30 ms of CPU,
+# so the job runs at 12-37 results/s while the `vidrec gallery` commands start up beside it: version 3 came from
+# result 55-66 on (CI; two busy-loop processes on 2 cores), the broken gallery's warning after result ~22 (so its
+# 20 more results end at ~42). 240 results leave a margin of about three times what the changes took.
+CLIP_FRAMES = 720
 EVERY_NTH = 3
 FRAMES = list(range(0, CLIP_FRAMES, EVERY_NTH))
 
