@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from kafka import KafkaAdminClient
+from kafka.errors import KafkaError
 
 from tests.cluster_helpers import (cluster, cluster_name, from_run, ids_by_partition, pids_alive, placement,
                                    process_ids, run_id_of, seq_gaps, start_node)
@@ -30,11 +31,19 @@ POLL = 0.25
 
 class GroupStates:
     """The group's states as the broker describes them (``Stable``, ``PreparingRebalance``, ...), sampled in a
-    thread until ``close``: a rebalance shows as a state other than ``Stable``."""
+    thread until ``close``: a rebalance shows as a state other than ``Stable``.
+
+    A describe that fails (the coordinator busy on a loaded machine, a request timing out) is counted in
+    ``errors`` and the sampling goes on: one failed request must neither end the watch nor pass for a state.
+    """
 
     def __init__(self, bootstrap: str, group: str) -> None:
         self.group = group
+        self.latest: str | None = None
         self.seen: set[str] = set()
+        self.samples = 0
+        self.errors: list[str] = []
+        self._lock = threading.Lock()
         self._admin = KafkaAdminClient(bootstrap_servers=bootstrap)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -42,7 +51,28 @@ class GroupStates:
 
     def _run(self) -> None:
         while not self._stop.wait(0.1):
-            self.seen.add(self._admin.describe_groups([self.group])[self.group]["group_state"])
+            try:
+                described = self._admin.describe_groups([self.group])[self.group]
+            except KafkaError as e:
+                self.errors.append(repr(e))
+                continue
+            if described.get("error"):  # e.g. COORDINATOR_LOAD_IN_PROGRESS: no state to record
+                self.errors.append(described["error"])
+                continue
+            with self._lock:
+                self.latest = described["group_state"]
+                self.seen.add(self.latest)
+                self.samples += 1
+
+    def watch_from_now(self) -> None:
+        """Forget the states seen so far: what ``close`` returns starts here."""
+        with self._lock:
+            self.seen = set()
+            self.samples = 0
+
+    def summary(self) -> str:
+        with self._lock:
+            return f"latest {self.latest}, seen {sorted(self.seen)} in {self.samples} sample(s), errors {self.errors[-3:]}"
 
     def close(self) -> set[str]:
         if not self._stop.is_set():
@@ -98,7 +128,11 @@ def test_a_static_node_restarted_within_the_session_gets_its_cameras_back(tmp_pa
         # SIGKILL node a and start it again with the same node id (so the same group_instance_id).
         a_pids = process_ids(nodes["a"])
         states = GroupStates(kafka_bootstrap, name)
-        wait_for(lambda: states.seen == {"Stable"}, 30, "the group described, stable", every_s=POLL)
+        try:
+            wait_for(lambda: states.latest == "Stable", 30, "the group described as stable", every_s=POLL)
+        finally:
+            print(f"group states before the kill: {states.summary()}")
+        states.watch_from_now()
         nodes["a"].kill()
         killed_at = time.time()
         wait_for(lambda: not pids_alive(a_pids), 30, "the killed node's workers gone", every_s=POLL)
@@ -112,7 +146,9 @@ def test_a_static_node_restarted_within_the_session_gets_its_cameras_back(tmp_pa
 
         # The group gave a its partition back without a rebalance (dynamic members would hold the group in
         # PreparingRebalance until the killed member's session ran out, and only then hand the partition over).
-        assert states.close() == {"Stable"}
+        watched = states.summary()
+        assert states.close() == {"Stable"}, watched
+        assert states.samples >= 10, f"too few samples of the group's state to speak for the restart: {watched}"
         # the same partitions, and b was never given a's
         assert partitions_of(nodes["b"], "a") == a_partitions
         assert partitions_of(nodes["a"], "b") == [p for p in range(PARTITIONS) if p not in a_partitions]
